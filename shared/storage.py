@@ -1,0 +1,39 @@
+"""Storage clients built from the settings: a connection string locally, managed identity in Azure."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from shared.settings import StorageConnection
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient
+    from azure.storage.queue.aio import QueueClient
+
+# Short, explicit network limits: a stalled storage call should fail and be retried, not hang.
+_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 30}
+
+
+def _credential(storage: StorageConnection) -> Any:
+    from azure.identity.aio import DefaultAzureCredential
+
+    return DefaultAzureCredential(managed_identity_client_id=storage.client_id)
+
+
+def queue_client(storage: StorageConnection, name: str) -> QueueClient:
+    """An async queue client; messages are plain text, matching host.json's messageEncoding none."""
+    from azure.storage.queue.aio import QueueClient
+
+    if storage.connection_string:
+        return QueueClient.from_connection_string(storage.connection_string, name, **_TIMEOUTS)
+    return QueueClient(storage.queue_service_uri or "", name, credential=_credential(storage), **_TIMEOUTS)
+
+
+def table_client(storage: StorageConnection, name: str) -> TableClient:
+    from azure.data.tables.aio import TableClient
+
+    if storage.connection_string:
+        return TableClient.from_connection_string(storage.connection_string, name, **_TIMEOUTS)
+    return TableClient(
+        storage.table_service_uri or "", name, credential=_credential(storage), **_TIMEOUTS
+    )

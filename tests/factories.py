@@ -1,0 +1,49 @@
+"""Factories with keyword overrides for the objects tests build over and over."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.graph import GuestUser
+from shared.settings import Settings, parse_settings
+
+GUEST_ID = "6a1b3c4d-0000-4000-8000-00000000a001"
+
+
+def env(**overrides: str) -> dict[str, str]:
+    """A complete, valid local environment; keyword arguments replace single settings."""
+    values = {
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "GRAPH_BASE_URL": "http://127.0.0.1:8765/v1.0",
+        "GRAPH_RETRY_DELAYS": "0.01,0.02",
+        "GRAPH_WRITES_PER_SECOND": "100",
+    }
+    values.update(overrides)
+    return values
+
+
+def settings(**overrides: str) -> Settings:
+    return parse_settings(env(**overrides))
+
+
+def guest(**overrides: Any) -> GuestUser:
+    values: dict[str, Any] = {
+        "id": GUEST_ID,
+        "user_principal_name": "adele.vance_contoso.com#EXT#@fabrikam.onmicrosoft.com",
+        "display_name": "Adele Vance",
+        "mail": "adele.vance@contoso.com",
+        "other_mails": ("adele.vance@contoso.com",),
+        "user_type": "Guest",
+        "external_user_state": "Accepted",
+        "external_user_state_changed_at": None,
+    }
+    values.update(overrides)
+    return GuestUser(**values)
+
+
+def request_body(**overrides: Any) -> bytes:
+    """A valid contract-v1 message body; None values drop the field."""
+    values: dict[str, Any] = {"userId": GUEST_ID}
+    values.update(overrides)
+    return json.dumps({k: v for k, v in values.items() if v is not None}).encode()

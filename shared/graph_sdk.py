@@ -145,7 +145,7 @@ class SdkGraphGateway:
         from kiota_abstractions.method import Method
         from kiota_abstractions.native_response_handler import NativeResponseHandler
         from kiota_abstractions.request_information import RequestInformation
-        from kiota_abstractions.response_handler_option import ResponseHandlerOption
+        from kiota_http.middleware.options.response_handler_option import ResponseHandlerOption
 
         adapter = self._request_adapter()
         info = RequestInformation(Method[method], "{+baseurl}" + template, dict(path or {}))

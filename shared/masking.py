@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 
-_EMAIL = re.compile(r"([A-Za-z0-9._%+'\-]+)@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+_EMAIL = re.compile(r"(?<![A-Za-z0-9._%+'\-*])([A-Za-z0-9._%+'\-]+)@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
 _BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9\-._~+/]+=*")
 _REDEEM = re.compile(r"https://[^\s\"']*redeem[^\s\"']*", re.IGNORECASE)
 
@@ -57,4 +57,8 @@ def app_logger() -> logging.Logger:
     logger = logging.getLogger("guest_reset")
     if not any(isinstance(f, RedactingFilter) for f in logger.filters):
         logger.addFilter(RedactingFilter())
+        # httpx logs every request URL at INFO, and our $filter URLs carry (percent-encoded)
+        # email addresses; the storage SDK's request logging is equally chatty.
+        for noisy in ("httpx", "httpcore", "azure.core.pipeline.policies.http_logging_policy"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     return logger

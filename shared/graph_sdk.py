@@ -38,7 +38,7 @@ from shared.errors import (
 )
 from shared.graph import USER_SELECT, GuestUser, InvitationBody, SentInvitation
 from shared.masking import app_logger, mask_email
-from shared.settings import GraphCloud, Settings
+from shared.settings import Settings
 from shared.throttle import RetryPolicy, WriteBudget, call_with_retries
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class SdkGraphGateway:
             )
             from kiota_http.middleware.options import RetryHandlerOption
             from msgraph.graph_request_adapter import GraphRequestAdapter
-            from msgraph_core import GraphClientFactory
+            from msgraph_core import GraphClientFactory  # type: ignore[import-untyped]
 
             settings = self._settings
             if self._credential is None:
@@ -163,15 +163,18 @@ class SdkGraphGateway:
         else:
             await self._budget.wait_if_paused()
         try:
-            response: httpx.Response = await adapter.send_primitive_async(info, "bytes", None)  # type: ignore[arg-type]
-        except httpx.ConnectError as error:
-            raise TransientError(f"cannot reach Graph: {error}", code="GraphUnreachable") from None
-        except (httpx.TimeoutException, httpx.TransportError) as error:
+            # With NativeResponseHandler the adapter hands back the raw httpx.Response.
+            response: Any = await adapter.send_primitive_async(info, "bytes", None)
+        except httpx.ConnectError as fault:
+            raise TransientError(f"cannot reach Graph: {fault}", code="GraphUnreachable") from None
+        except (httpx.TimeoutException, httpx.TransportError) as fault:
             kind = AmbiguousOutcomeError if write else TransientError
             raise kind(
-                f"Graph call {method} failed in transit ({type(error).__name__})",
-                code="GraphTimeout" if isinstance(error, httpx.TimeoutException) else "GraphConnectionLost",
+                f"Graph call {method} failed in transit ({type(fault).__name__})",
+                code="GraphTimeout" if isinstance(fault, httpx.TimeoutException) else "GraphConnectionLost",
             ) from None
+        if not isinstance(response, httpx.Response):
+            raise TransientError("Graph returned no response", code="GraphConnectionLost")
         parsed: Any = None
         if response.content:
             try:

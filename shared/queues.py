@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +24,8 @@ class Publisher:
         from azure.core.exceptions import ResourceExistsError
 
         for queue in (self._results, self._poison, self._requests):
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 await queue.create_queue()
-            except ResourceExistsError:
-                pass
 
     async def _send(self, queue: QueueClient, payload: dict[str, Any] | str) -> None:
         from azure.core.exceptions import AzureError

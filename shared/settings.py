@@ -234,7 +234,7 @@ def _https_url(reader: _Reader, name: str) -> str:
 def _max_dequeue_count(env: Mapping[str, str], reader: _Reader) -> int:
     """The host's poison threshold: the app-setting override wins over host.json, as in Azure."""
     key = "azurefunctionsjobhost__extensions__queues__maxdequeuecount"
-    for name, value in env.items():
+    for name, _value in env.items():
         if name.lower() == key:
             return int(reader.number(name, minimum=1, maximum=100))
     try:

@@ -7,6 +7,7 @@ deliveries of one requestId only one gets to send the invitation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
@@ -169,10 +170,8 @@ class StatusStore:
     async def ensure(self) -> None:
         from azure.core.exceptions import ResourceExistsError
 
-        try:
+        with contextlib.suppress(ResourceExistsError):
             await self._table.create_table()
-        except ResourceExistsError:
-            pass
 
     async def get(self, request_id: str) -> StatusRecord | None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -233,7 +232,7 @@ class StatusStore:
     async def claim(self, template: StatusRecord, *, owner: str) -> Claim:
         """Take the request for this delivery, or say why not (finished / busy elsewhere)."""
         now = utcnow()
-        lease = {"lease_owner": owner, "lease_until": now + LEASE, "status": Status.PROCESSING}
+        lease: dict[str, Any] = {"lease_owner": owner, "lease_until": now + LEASE, "status": Status.PROCESSING}
         for _ in range(5):
             current = await self.get(template.request_id)
             if current is None:

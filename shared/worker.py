@@ -162,7 +162,8 @@ async def _record_poisoned(body: bytes, message_id: str) -> None:
         return
 
     if not error:
-        last = next((e for e in reversed(existing.history) if e.get("code") or e.get("error")), {}) if existing else {}
+        history = existing.history if existing else ()
+        last: dict[str, Any] = next((e for e in reversed(history) if e.get("code") or e.get("error")), {})
         error = {
             "code": "DeliveryFailed",
             "message": "the worker failed on every delivery and the host moved the message to "

@@ -117,9 +117,9 @@ def stop_azurite(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running_azurite(**ports: int) -> Iterator[AzuriteEndpoints]:
+def running_azurite(*, blob_port: int = 0, queue_port: int = 0, table_port: int = 0) -> Iterator[AzuriteEndpoints]:
     """A fresh in-memory Azurite for the duration of the block."""
-    proc, endpoints = start_azurite(**ports)
+    proc, endpoints = start_azurite(blob_port=blob_port, queue_port=queue_port, table_port=table_port)
     try:
         yield endpoints
     finally:

@@ -9,7 +9,7 @@ from urllib.parse import unquote
 import pytest
 
 from shared.status import Status
-from tests.integration.conftest import ADELE, BRIAN, LEE, MEGAN, ROLF, App
+from tests.integration.support import ADELE, BRIAN, LEE, MEGAN, ROLF, App
 
 
 async def test_reset_by_id_sends_one_invitation_and_records_success(app: App) -> None:

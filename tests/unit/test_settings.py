@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from shared import settings as settings_module
 from shared.errors import SettingsError
 from shared.settings import DEFAULTS, GraphCloud, get_settings, parse_settings, reset_settings
 from tests.factories import env
@@ -103,9 +103,9 @@ def test_host_override_of_max_dequeue_count_wins() -> None:
 def test_settings_are_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """get_settings caches; reset_settings forgets."""
     reset_settings()
-    monkeypatch.setattr(settings_module.os, "environ", env(RESET_RESULT_QUEUE="first-results"))
+    monkeypatch.setattr(os, "environ", env(RESET_RESULT_QUEUE="first-results"))
     assert get_settings().result_queue == "first-results"
-    monkeypatch.setattr(settings_module.os, "environ", env(RESET_RESULT_QUEUE="second-results"))
+    monkeypatch.setattr(os, "environ", env(RESET_RESULT_QUEUE="second-results"))
     assert get_settings().result_queue == "first-results"
     reset_settings()
     assert get_settings().result_queue == "second-results"

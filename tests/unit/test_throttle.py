@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from shared.errors import AmbiguousOutcomeError, TransientError
@@ -28,7 +30,7 @@ async def test_writes_are_spaced_by_the_budget() -> None:
         await budget.acquire_write()
         times.append(clock.now)
     assert times[-1] == pytest.approx(0.95)
-    assert all(b - a == pytest.approx(0.05) for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a == pytest.approx(0.05) for a, b in itertools.pairwise(times))
 
 
 async def test_a_pause_holds_reads_and_writes() -> None:

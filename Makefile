@@ -1,0 +1,44 @@
+# One entry point for people and CI. `make demo` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit integration e2e bench bench-quick schema clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+node_modules/.bin/azurite: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+deps: $(STAMP) node_modules/.bin/azurite
+
+demo: deps
+	$(PY) -m tools.demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: deps lint
+	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+bench: deps
+	$(PY) -m tools.bench all
+
+bench-quick: deps
+	$(PY) -m tools.bench all --quick
+
+schema: $(STAMP)
+	$(PY) -m tools.schema
+
+clean:
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache

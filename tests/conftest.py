@@ -1,4 +1,4 @@
-"""Session-wide fixtures: one fresh in-memory Azurite for every test that needs storage."""
+"""Session-wide fixtures: one fresh in-memory Azurite and one Graph emulator for the run."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tools.azurite import AzuriteEndpoints, running_azurite
+from tools.graph_emulator.runner import EmulatorHandle, running_emulator
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +15,9 @@ def azurite() -> Iterator[AzuriteEndpoints]:
     """A fresh in-memory Azurite shared by the session; tests use unique queue/table names."""
     with running_azurite() as endpoints:
         yield endpoints
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[EmulatorHandle]:
+    with running_emulator() as handle:
+        yield handle

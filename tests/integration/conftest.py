@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,13 +12,7 @@ from shared.runtime import close_runtime, reset_runtime
 from shared.settings import get_settings, reset_settings
 from tests.integration.support import App
 from tools.azurite import AzuriteEndpoints
-from tools.graph_emulator.runner import EmulatorHandle, running_emulator
-
-
-@pytest.fixture(scope="session")
-def emulator() -> Iterator[EmulatorHandle]:
-    with running_emulator() as handle:
-        yield handle
+from tools.graph_emulator.runner import EmulatorHandle
 
 
 @pytest.fixture

@@ -2,24 +2,63 @@
 
 import azure.functions as func
 
+from shared import api
 from shared.worker import handle_poison_message, handle_request_message
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # others get a 405 problem, not the host's 404
+
+
+async def _http(handler: api.Handler, req: func.HttpRequest) -> func.HttpResponse:
+    request = api.ApiRequest(
+        method=req.method, url=req.url, body=req.get_body(), headers=dict(req.headers),
+        params=dict(req.params), route_params=dict(req.route_params),
+    )  # fmt: skip
+    response = await handler(request)
+    return func.HttpResponse(
+        response.body_bytes(), status_code=response.status, headers=response.headers, mimetype=response.content_type
+    )
 
 
 @app.function_name("process_reset")
 @app.queue_trigger(arg_name="msg", queue_name="%RESET_REQUEST_QUEUE%", connection="AzureWebJobsStorage")
 async def process_reset(msg: func.QueueMessage) -> None:
     """A reset request from the queue: reset, or poison with a reason, or raise for a retry."""
-    await handle_request_message(
-        msg.get_body(), message_id=msg.id or "", dequeue_count=msg.dequeue_count or 1
-    )
+    await handle_request_message(msg.get_body(), message_id=msg.id or "", dequeue_count=msg.dequeue_count or 1)
 
 
 @app.function_name("record_poisoned_reset")
-@app.queue_trigger(
-    arg_name="msg", queue_name="%RESET_REQUEST_QUEUE%-poison", connection="AzureWebJobsStorage"
-)
+@app.queue_trigger(arg_name="msg", queue_name="%RESET_REQUEST_QUEUE%-poison", connection="AzureWebJobsStorage")
 async def record_poisoned_reset(msg: func.QueueMessage) -> None:
     """A poisoned request: record Failed and publish the result; never raises."""
     await handle_poison_message(msg.get_body(), message_id=msg.id or "")
+
+
+@app.route(route="resets", methods=ALL_METHODS)
+async def submit_resets(req: func.HttpRequest) -> func.HttpResponse:
+    return await _http(api.submit_resets, req)
+
+
+@app.route(route="resets/{requestId}", methods=ALL_METHODS)
+async def get_reset(req: func.HttpRequest) -> func.HttpResponse:
+    return await _http(api.get_reset, req)
+
+
+@app.route(route="health", methods=ALL_METHODS)
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    return await _http(api.health, req)
+
+
+@app.route(route="openapi.json", methods=ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
+async def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    return await _http(api.openapi, req)
+
+
+@app.route(route="poison", methods=ALL_METHODS, auth_level=func.AuthLevel.ADMIN)
+async def list_poison(req: func.HttpRequest) -> func.HttpResponse:
+    return await _http(api.list_poison, req)
+
+
+@app.route(route="poison/replay", methods=ALL_METHODS, auth_level=func.AuthLevel.ADMIN)
+async def replay_poison(req: func.HttpRequest) -> func.HttpResponse:
+    return await _http(api.replay_poison, req)

@@ -215,3 +215,20 @@ def request_id_hint(raw: bytes | str) -> str | None:
     except InvalidRequestError:
         return None
     return value if isinstance(value, str) and _REQUEST_ID_RE.match(value) else None
+
+
+# Table string properties hold at most 32K characters; larger requests are not kept for replay.
+MAX_STORED_REQUEST_CHARS = 30_000
+
+
+def canonical_json(request: ResetRequest, **overrides: Any) -> str:
+    """The request as the queue carries it: camelCase, no nulls, overrides applied."""
+    data = request.model_dump(by_alias=True, exclude_none=True, exclude_defaults=False)
+    if not data.get("dryRun"):
+        data.pop("dryRun", None)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def stored_request(text: str) -> str | None:
+    return text if len(text) <= MAX_STORED_REQUEST_CHARS else None

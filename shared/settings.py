@@ -46,8 +46,10 @@ DEFAULTS: dict[str, str] = {
     "GRAPH_MAX_ATTEMPTS": "5",
     "GRAPH_TIMEOUT_SECONDS": "30",
     "CALLBACK_ALLOWED_HOSTS": (
-        "*.logic.azure.com,*.azure-apim.net,*.flow.microsoft.com,*.powerautomate.com"
+        "*.logic.azure.com,*.azure-apim.net,*.flow.microsoft.com,*.powerautomate.com,"
+        "*.api.powerplatform.com"
     ),
+    "ALLOWED_CALLERS": "",
 }
 
 
@@ -103,6 +105,7 @@ class Settings:
     graph_max_attempts: int
     graph_timeout_seconds: float
     callback_allowed_hosts: tuple[str, ...]
+    allowed_callers: frozenset[str] = frozenset()
     max_dequeue_count: int = 5
 
     @property
@@ -278,6 +281,9 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         graph_max_attempts=int(reader.number("GRAPH_MAX_ATTEMPTS", minimum=1, maximum=20)),
         graph_timeout_seconds=reader.number("GRAPH_TIMEOUT_SECONDS", minimum=1, maximum=230),
         callback_allowed_hosts=hosts,
+        allowed_callers=frozenset(
+            c.strip().lower() for c in reader.text("ALLOWED_CALLERS").split(",") if c.strip()
+        ),
         max_dequeue_count=_max_dequeue_count(env, reader),
     )
     if reader.problems:

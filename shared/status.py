@@ -77,6 +77,8 @@ class StatusRecord:
     lease_owner: str | None = None
     lease_until: datetime | None = None
     message_hash: str | None = None
+    request_json: str | None = None
+    replays: int = 0
     history: tuple[dict[str, Any], ...] = ()
     etag: str | None = field(default=None, compare=False)
 
@@ -85,7 +87,7 @@ class StatusRecord:
         keys = (
             "request_id", "status", "attempts", "created_at", "updated_at", "finished_at",
             "user_id", "masked_email", "ticket_id", "requested_by", "source", "dry_run",
-            "error_code", "error_message", "graph_request_id", "invitation_id", "verified",
+            "error_code", "error_message", "graph_request_id", "invitation_id", "verified", "replays",
         )  # fmt: skip
         out: dict[str, Any] = {}
         for key in keys:
@@ -270,6 +272,32 @@ class StatusStore:
         return await self.save(
             record, lease_owner=None, lease_until=None, history=record.with_event(event, **details)
         )
+
+    async def delete(self, request_id: str) -> None:
+        """Best effort: remove a record whose request never made it onto the queue."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            await self._table.delete_entity(request_id, ROW_KEY)
+        except AzureError as error:
+            log_failure = _storage_error("deleting a status", error)
+            raise log_failure from error
+
+    async def query(self, odata_filter: str, parameters: dict[str, Any], limit: int) -> list[StatusRecord]:
+        """Records matching a table filter, at most ``limit`` of them."""
+        from azure.core.exceptions import AzureError
+
+        found: list[StatusRecord] = []
+        try:
+            async for entity in self._table.query_entities(
+                odata_filter, parameters=parameters, results_per_page=min(limit, 1000)
+            ):
+                found.append(_from_entity(entity))
+                if len(found) >= limit:
+                    break
+        except AzureError as error:
+            raise _storage_error("querying statuses", error) from error
+        return found
 
     async def find_by_message_hash(self, message_hash: str) -> StatusRecord | None:
         """The record of a message known only by its body (poison copies have new message ids)."""

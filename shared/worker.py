@@ -13,7 +13,15 @@ import json
 import uuid
 from typing import Any
 
-from shared.contract import ResetRequest, load_json_object, parse_request, request_id_hint
+from shared.callbacks import notify
+from shared.contract import (
+    ResetRequest,
+    canonical_json,
+    load_json_object,
+    parse_request,
+    request_id_hint,
+    stored_request,
+)
 from shared.errors import InvalidRequestError, ResetError
 from shared.masking import app_logger, mask_email, redact
 from shared.runtime import Runtime, get_runtime
@@ -39,6 +47,7 @@ def _template(request: ResetRequest, request_id: str, body_hash: str) -> StatusR
         dry_run=request.dry_run,
         callback_url=request.callback_url,
         message_hash=body_hash,
+        request_json=stored_request(canonical_json(request, requestId=request_id)),
     )
 
 
@@ -94,6 +103,7 @@ async def handle_request_message(body: bytes, *, message_id: str, dequeue_count:
         await _release_quietly(runtime, record, "crashed", error=type(error).__name__)
         raise
     await runtime.publisher.send_result(final.public())
+    await notify(final, runtime.settings)
 
 
 async def _fail(
@@ -181,6 +191,7 @@ async def _record_poisoned(body: bytes, message_id: str) -> None:
             source=_text(request.get("source")),
             user_id=_text(request.get("userId")),
             masked_email=mask_email(_text(request.get("newEmail")) or _text(request.get("email"))),
+            request_json=stored_request(json.dumps({**request, "requestId": request_id})),
         )
     final = await runtime.status.put(
         StatusRecord(
@@ -200,6 +211,7 @@ async def _record_poisoned(body: bytes, message_id: str) -> None:
     )
     log.warning("request failed: %s", final.error_message, extra={"requestId": request_id, "code": final.error_code})
     await runtime.publisher.send_result(final.public())
+    await notify(final, runtime.settings)
 
 
 def _text(value: Any) -> str | None:

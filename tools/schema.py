@@ -1,4 +1,4 @@
-"""Regenerate the checked-in JSON Schema of contract v1 from the pydantic model."""
+"""Regenerate the checked-in JSON Schema of contract v1 and the OpenAPI 2.0 connector document."""
 
 from __future__ import annotations
 
@@ -6,13 +6,19 @@ import json
 from pathlib import Path
 
 from shared.contract import json_schema
+from shared.openapi import document
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "shared" / "schemas" / "reset-request.v1.schema.json"
+SCHEMAS = Path(__file__).resolve().parent.parent / "shared" / "schemas"
+SCHEMA_PATH = SCHEMAS / "reset-request.v1.schema.json"
+OPENAPI_PATH = SCHEMAS / "openapi.v2.json"
+# The connector file names a placeholder host: replace it with your function app's host on import.
+CONNECTOR_HOST = "your-function-app.azurewebsites.net"
 
 
 def main() -> None:
     SCHEMA_PATH.write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {SCHEMA_PATH}")
+    OPENAPI_PATH.write_text(json.dumps(document(CONNECTOR_HOST), indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {SCHEMA_PATH} and {OPENAPI_PATH}")
 
 
 if __name__ == "__main__":

@@ -103,3 +103,15 @@ def test_schema_forbids_unknown_fields_and_caps_cc() -> None:
     schema = json_schema()
     assert schema["additionalProperties"] is False
     assert schema["properties"]["ccRecipients"]["anyOf"][0]["maxItems"] == 1
+
+
+def test_checked_in_openapi_matches_the_models() -> None:
+    """The connector document under shared/schemas is regenerated whenever a model changes."""
+    from openapi_spec_validator import validate
+
+    from shared.openapi import document
+    from tools.schema import CONNECTOR_HOST, OPENAPI_PATH
+
+    checked_in = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+    validate(checked_in)
+    assert checked_in == json.loads(json.dumps(document(CONNECTOR_HOST))), "run `make schema` and commit"

@@ -168,7 +168,9 @@ def build_app(host: Host) -> web.Application:
             return web.Response(status=405, headers={"Allow": ", ".join(sorted(allowed))})
         return web.Response(status=404)
 
-    app = web.Application()
+    # The Functions host accepts request bodies up to 100 MB (FUNCTIONS_REQUEST_BODY_SIZE_LIMIT);
+    # aiohttp would stop at 1 MB with its own text answer, before the function could respond.
+    app = web.Application(client_max_size=100 * 1024 * 1024)
     app.router.add_get("/admin/host/status", status)
     app.router.add_post("/admin/functions/{name}", admin_invoke)
     app.router.add_route("*", "/{tail:.*}", dispatch)

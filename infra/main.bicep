@@ -1,0 +1,270 @@
+// Guest Redemption Reset on Flex Consumption: one resource group holding the function app,
+// its user-assigned identity, identity-only storage (queues, table, containers) and monitoring.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; it seeds the resource token used in every resource name.')
+param environmentName string
+
+@minLength(1)
+@description('Region for every resource. It must offer Flex Consumption: az functionapp list-flexconsumption-locations.')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Object id of the user or pipeline running azd. When set, it may send requests to the request queue and read the results queue and status table (for the first dry run). Leave empty in production.')
+param principalId string = ''
+
+// Optional name overrides; empty means abbreviation + resource token.
+param resourceGroupName string = ''
+param functionAppName string = ''
+param appServicePlanName string = ''
+param identityName string = ''
+param storageAccountName string = ''
+param logAnalyticsName string = ''
+param applicationInsightsName string = ''
+
+// ---------------------------------------------------------------------------------------------
+// Scale and Graph write budget. The tenant-wide write rate is at most
+// maximumInstanceCount x worker processes per instance (1 on Flex) x graphWritesPerSecond;
+// infra/README.md explains how that compares with Graph's write quotas.
+// ---------------------------------------------------------------------------------------------
+@minValue(40)
+@maxValue(1000)
+@description('Flex Consumption instance limit per function group (the queue worker scales in its own group). 40 is the lowest value Flex accepts.')
+param maximumInstanceCount int = 40
+
+@allowed([
+  512
+  2048
+  4096
+])
+@description('Memory per instance in MB.')
+param instanceMemoryMB int = 2048
+
+@description('GRAPH_WRITES_PER_SECOND: Graph writes per second each worker process may send (a positive decimal). 0.5 x 40 instances = 20 writes/s, the per app+tenant write quota.')
+param graphWritesPerSecond string = '0.5'
+
+@description('GRAPH_RETRY_DELAYS: seconds between Graph retries, comma separated (Retry-After wins when Graph sends it).')
+param graphRetryDelays string = '1,2,4,8'
+
+@minValue(1)
+@description('GRAPH_MAX_ATTEMPTS: attempts per Graph call, the first one included.')
+param graphMaxAttempts int = 5
+
+@minValue(1)
+@description('GRAPH_TIMEOUT_SECONDS: timeout of one Graph request.')
+param graphTimeoutSeconds int = 30
+
+// ---------------------------------------------------------------------------------------------
+// Behaviour of the reset (app settings of the same names).
+// ---------------------------------------------------------------------------------------------
+@allowed([
+  'https://graph.microsoft.com/v1.0'
+  'https://graph.microsoft.us/v1.0'
+  'https://dod-graph.microsoft.us/v1.0'
+  'https://microsoftgraph.chinacloudapi.cn/v1.0'
+])
+@description('GRAPH_BASE_URL: Microsoft Graph endpoint of the tenant\'s cloud (global, US Gov L4, US Gov L5 DoD, China).')
+param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
+
+@description('INVITE_REDIRECT_URL: where a guest lands after redeeming the new invitation.')
+param inviteRedirectUrl string = 'https://myapps.microsoft.com'
+
+@description('SEND_INVITATION_MESSAGE: default for requests that do not say whether Microsoft should email the invitation.')
+param sendInvitationMessage bool = false
+
+@description('ALLOWED_EMAIL_DOMAINS: comma-separated domains a new email may use; empty allows any domain.')
+param allowedEmailDomains string = ''
+
+@description('BLOCKED_EMAIL_DOMAINS: comma-separated domains a new email may never use.')
+param blockedEmailDomains string = ''
+
+@description('ALLOW_MEMBER_RESET: also reset users whose userType is Member (external members). Off: guests only.')
+param allowMemberReset bool = false
+
+@description('CALLBACK_ALLOWED_HOSTS: comma-separated https hosts that may receive result callbacks (Logic Apps and Power Automate by default).')
+param callbackAllowedHosts string = '*.logic.azure.com,*.azure-apim.net,*.flow.microsoft.com,*.powerautomate.com,*.api.powerplatform.com'
+
+@description('RESET_REQUEST_QUEUE: queue the worker reads; its poison queue is <name>-poison.')
+param requestQueueName string = 'guest-reset-requests'
+
+@description('RESET_RESULT_QUEUE: queue that receives one result message per finished request.')
+param resultQueueName string = 'guest-reset-results'
+
+@description('RESET_STATUS_TABLE: table holding one status record per requestId.')
+param statusTableName string = 'GuestResetStatus'
+
+// ---------------------------------------------------------------------------------------------
+// Permissions and front-door options.
+// ---------------------------------------------------------------------------------------------
+@description('Grant the identity the Microsoft Graph application permission User.ReadWrite.All during deployment (Microsoft Graph Bicep extension, public cloud only). The deployer needs the Entra role Privileged Role Administrator (or Global Administrator). Leave false and run infra/scripts/grant-graph-permission.sh when another team grants permissions.')
+param grantGraphPermission bool = false
+
+@description('Put App Service authentication (Microsoft Entra ID) in front of the HTTP API, on top of function keys.')
+param enableAppServiceAuth bool = false
+
+@description('Client (application) id of the Entra app registration that represents the HTTP API. Required when enableAppServiceAuth is true.')
+param authClientId string = ''
+
+@description('Token audiences the API accepts; empty means api://<authClientId> and <authClientId>.')
+param authAllowedAudiences array = []
+
+@description('Client application ids allowed to call the API (for example a Logic App\'s managed identity); empty allows any caller holding a token for the API.')
+param authAllowedClientApplications array = []
+
+@description('ALLOWED_CALLERS: comma-separated object ids, application ids or user names the app accepts from App Service authentication\'s caller headers. Set only together with enableAppServiceAuth: without it those headers are not trustworthy, so the app gets an empty value.')
+param allowedCallers string = ''
+
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+])
+@description('Storage redundancy. Queues and the status table are operational data; pick ZRS/GZRS where the region offers it for zone resilience.')
+param storageSkuName string = 'Standard_LRS'
+
+@description('Send queue/table/blob write and delete logs to Log Analytics (who enqueued what, poison moves). Reads are left out: queue polling would flood the workspace.')
+param enableStorageDiagnostics bool = true
+
+var abbrs = loadJsonContent('./abbreviations.json')
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var appName = !empty(functionAppName) ? functionAppName : '${abbrs.webSitesFunctions}api-${resourceToken}'
+var deploymentStorageContainerName = 'app-package-${take(appName, 32)}-${take(toLower(uniqueString(appName, resourceToken)), 7)}'
+var bulkContainerName = 'bulk-resets'
+var poisonQueueName = '${requestQueueName}-poison'
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'app/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: !empty(identityName) ? identityName : '${abbrs.managedIdentityUserAssignedIdentities}api-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: !empty(logAnalyticsName) ? logAnalyticsName : '${abbrs.operationalInsightsWorkspaces}${resourceToken}'
+    applicationInsightsName: !empty(applicationInsightsName) ? applicationInsightsName : '${abbrs.insightsComponents}${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'app/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: !empty(storageAccountName) ? storageAccountName : '${abbrs.storageStorageAccounts}${resourceToken}'
+    location: location
+    tags: tags
+    skuName: storageSkuName
+    containerNames: [
+      deploymentStorageContainerName
+      bulkContainerName
+    ]
+    queueNames: [
+      requestQueueName
+      poisonQueueName
+      resultQueueName
+    ]
+    tableNames: [
+      statusTableName
+    ]
+    logAnalyticsWorkspaceId: enableStorageDiagnostics ? monitoring.outputs.logAnalyticsWorkspaceId : ''
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    identityPrincipalId: identity.outputs.principalId
+    userPrincipalId: principalId
+  }
+}
+
+module api 'app/api.bicep' = {
+  name: 'api'
+  scope: rg
+  params: {
+    name: appName
+    planName: !empty(appServicePlanName) ? appServicePlanName : '${abbrs.webServerFarms}${resourceToken}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentStorageContainerName: deploymentStorageContainerName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    requestQueueName: requestQueueName
+    resultQueueName: resultQueueName
+    statusTableName: statusTableName
+    graphBaseUrl: graphBaseUrl
+    inviteRedirectUrl: inviteRedirectUrl
+    sendInvitationMessage: sendInvitationMessage
+    allowedEmailDomains: allowedEmailDomains
+    blockedEmailDomains: blockedEmailDomains
+    allowMemberReset: allowMemberReset
+    graphWritesPerSecond: graphWritesPerSecond
+    graphRetryDelays: graphRetryDelays
+    graphMaxAttempts: graphMaxAttempts
+    graphTimeoutSeconds: graphTimeoutSeconds
+    callbackAllowedHosts: callbackAllowedHosts
+    enableAppServiceAuth: enableAppServiceAuth
+    authClientId: authClientId
+    authAllowedAudiences: authAllowedAudiences
+    authAllowedClientApplications: authAllowedClientApplications
+    allowedCallers: allowedCallers
+  }
+}
+
+// Application permission for Microsoft Graph; see infra/README.md for the directory role it needs.
+module graphPermission 'app/graph-permission.bicep' = if (grantGraphPermission) {
+  name: 'graphPermission'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+  }
+}
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = api.outputs.name
+output SERVICE_API_NAME string = api.outputs.name
+output AZURE_FUNCTION_APP_URL string = api.outputs.defaultUrl
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_RESET_REQUEST_QUEUE string = requestQueueName
+output AZURE_RESET_POISON_QUEUE string = poisonQueueName
+output AZURE_RESET_RESULT_QUEUE string = resultQueueName
+output AZURE_RESET_STATUS_TABLE string = statusTableName
+output AZURE_BULK_CONTAINER string = bulkContainerName
+output AZURE_MANAGED_IDENTITY_NAME string = identity.outputs.name
+output AZURE_MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output AZURE_MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+output AZURE_APPLICATION_INSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output AZURE_LOG_ANALYTICS_WORKSPACE_NAME string = monitoring.outputs.logAnalyticsWorkspaceName
+output GRAPH_PERMISSION_GRANTED_BY_DEPLOYMENT bool = grantGraphPermission

@@ -1,0 +1,102 @@
+"""The HTTP API over real HTTP: the local runner serving function_app.py, Azurite, the Graph emulator."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from tools.azurite import AzuriteEndpoints
+from tools.devhost import running_devhost
+from tools.graph_emulator.runner import EmulatorHandle
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ADELE = "5e0c1d2a-0001-4a5b-9c3d-000000000001"
+
+
+@pytest.fixture(scope="module")
+def api(azurite: AzuriteEndpoints, emulator: EmulatorHandle) -> Iterator[httpx.Client]:
+    suffix = uuid.uuid4().hex[:10]
+    env = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "GRAPH_BASE_URL": emulator.base_url,
+        "RESET_REQUEST_QUEUE": f"hreq-{suffix}",
+        "RESET_RESULT_QUEUE": f"hres-{suffix}",
+        "RESET_STATUS_TABLE": f"HStatus{suffix}",
+        "GRAPH_RETRY_DELAYS": "0.05",
+    }
+    with running_devhost(REPO_ROOT, env=env, max_polling_interval=0.2) as host, httpx.Client(
+        base_url=host.base_url, timeout=30
+    ) as client:
+        yield client
+
+
+def test_submit_and_poll_until_done(api: httpx.Client, emulator: EmulatorHandle) -> None:
+    """A flow's view: POST → 202 + Location; poll the Location until 200 with the outcome."""
+    emulator.control.reset()
+    response = api.post("/api/resets", json={"userId": ADELE, "requestId": f"flow-{uuid.uuid4().hex[:6]}"})
+    assert response.status_code == 202
+    location = response.headers["location"]
+    statuses = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        polled = api.get(location)
+        statuses.append(polled.status_code)
+        if polled.status_code == 200:
+            break
+        assert polled.status_code == 202 and int(polled.headers["retry-after"]) > 0
+        time.sleep(0.2)
+    assert statuses[-1] == 200 and polled.json()["status"] == "Succeeded"
+    assert len(emulator.control.invitations()) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "expected"),
+    [
+        ("POST", "/api/resets", {"json": {"userId": "bad"}}, 400),
+        ("POST", "/api/resets", {"content": b"a=b", "headers": {"content-type": "text/plain"}}, 415),
+        ("POST", "/api/resets", {"content": b"{" + b" " * (1024 * 1024) + b"}",
+                                 "headers": {"content-type": "application/json"}}, 413),
+        ("DELETE", "/api/resets", {}, 405),
+        ("GET", "/api/resets/does-not-exist", {}, 404),
+        ("GET", "/api/health", {}, 200),
+        ("GET", "/api/openapi.json", {}, 200),
+        ("GET", "/api/poison", {}, 200),
+        ("POST", "/api/poison/replay", {"json": {"max": 5000}}, 400),
+    ],
+)  # fmt: skip
+def test_status_codes_over_http(api: httpx.Client, method: str, path: str, kwargs: dict[str, object],
+                                expected: int) -> None:  # fmt: skip
+    response = api.request(method, path, **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == expected
+    if expected >= 400:
+        assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_fuzzing_the_api_from_its_own_openapi_finds_no_server_errors(api: httpx.Client) -> None:
+    """Property-based requests generated from /api/openapi.json never get a 5xx."""
+    schema = schemathesis.openapi.from_url(f"{api.base_url}/api/openapi.json")
+    failures: list[str] = []
+    calls: list[int] = []
+    for operation in schema.get_all_operations():
+        op = operation.ok()  # type: ignore[union-attr]  # our own document has no invalid operations
+
+        @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy())
+        def check(case: schemathesis.Case[Any]) -> None:
+            response = case.call(base_url=f"{api.base_url}/api")
+            calls.append(response.status_code)
+            if response.status_code >= 500:
+                failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}")
+
+        check()
+    assert failures == []
+    assert len(calls) >= 60, "the fuzzer must really have exercised the API"
+    assert {200, 400} <= set(calls), "it reached both answering and refusing paths"

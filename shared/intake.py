@@ -22,10 +22,9 @@ from shared.contract import (
     ResetRequest,
     canonical_json,
     describe_validation_error,
-    stored_request,
 )
 from shared.errors import InvalidRequestError, ResetError
-from shared.masking import app_logger, mask_email
+from shared.masking import app_logger
 from shared.principal import Caller
 from shared.runtime import Runtime
 from shared.status import Status, StatusRecord, utcnow
@@ -124,21 +123,7 @@ def validate_submission(
 
 async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str) -> Receipt:
     text = canonical_json(request, requestId=request_id)
-    record = StatusRecord(
-        request_id=request_id,
-        status=Status.ACCEPTED,
-        created_at=utcnow(),
-        updated_at=utcnow(),
-        user_id=request.user_id,
-        masked_email=mask_email(request.new_email or request.email),
-        ticket_id=request.ticket_id,
-        requested_by=request.requested_by,
-        source=request.source,
-        dry_run=request.dry_run,
-        callback_url=request.callback_url,
-        send_invitation_message=request.send_invitation_message,
-        request_json=stored_request(text),
-    )
+    record = StatusRecord.for_request(request, request_id, Status.ACCEPTED)
     created = await runtime.status.create(replace(record, history=record.with_event("accepted")))
     if created is None:
         existing = await runtime.status.get(request_id)

@@ -14,7 +14,10 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
+from shared.api_models import ResetStatus
+from shared.contract import ResetRequest, canonical_json, stored_request
 from shared.errors import TransientError
+from shared.masking import mask_email
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -82,15 +85,31 @@ class StatusRecord:
     history: tuple[dict[str, Any], ...] = ()
     etag: str | None = field(default=None, compare=False)
 
+    @classmethod
+    def for_request(cls, request: ResetRequest, request_id: str, status: Status, **fields: Any) -> StatusRecord:
+        """A new record describing ``request`` (audit fields, masked email, the request kept for replay)."""
+        now = utcnow()
+        return cls(
+            request_id=request_id,
+            status=status,
+            created_at=now,
+            updated_at=now,
+            user_id=request.user_id,
+            masked_email=mask_email(request.new_email or request.email),
+            ticket_id=request.ticket_id,
+            requested_by=request.requested_by,
+            source=request.source,
+            dry_run=request.dry_run,
+            callback_url=request.callback_url,
+            send_invitation_message=request.send_invitation_message,
+            request_json=stored_request(canonical_json(request, requestId=request_id)),
+            **fields,
+        )
+
     def public(self) -> dict[str, Any]:
         """The outcome fields shared with callers (result message, status API). No redeem URL."""
-        keys = (
-            "request_id", "status", "attempts", "created_at", "updated_at", "finished_at",
-            "user_id", "masked_email", "ticket_id", "requested_by", "source", "dry_run",
-            "error_code", "error_message", "graph_request_id", "invitation_id", "verified", "replays",
-        )  # fmt: skip
         out: dict[str, Any] = {}
-        for key in keys:
+        for key in PUBLIC_FIELDS:
             value = getattr(self, key)
             out[_camel(key)] = _iso(value) if isinstance(value, datetime) else value
         out["status"] = str(self.status)
@@ -100,6 +119,10 @@ class StatusRecord:
         entry = {"at": _iso(utcnow()), "attempt": self.attempts, "event": event}
         entry.update({k: v for k, v in details.items() if v is not None})
         return (*self.history, entry)[-HISTORY_LIMIT:]
+
+
+# The status API's model decides what is public; the redeem URL is added only by the API.
+PUBLIC_FIELDS = tuple(name for name in ResetStatus.model_fields if name != "redeem_url")
 
 
 def _camel(name: str) -> str:

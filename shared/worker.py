@@ -15,8 +15,6 @@ from typing import Any
 
 from shared.callbacks import notify
 from shared.contract import (
-    ResetRequest,
-    canonical_json,
     load_json_object,
     parse_request,
     request_id_hint,
@@ -33,22 +31,6 @@ log = app_logger()
 
 def message_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
-
-
-def _template(request: ResetRequest, request_id: str, body_hash: str) -> StatusRecord:
-    return StatusRecord(
-        request_id=request_id,
-        status=Status.PROCESSING,
-        masked_email=mask_email(request.new_email or request.email),
-        user_id=request.user_id,
-        ticket_id=request.ticket_id,
-        requested_by=request.requested_by,
-        source=request.source,
-        dry_run=request.dry_run,
-        callback_url=request.callback_url,
-        message_hash=body_hash,
-        request_json=stored_request(canonical_json(request, requestId=request_id)),
-    )
 
 
 def _envelope(
@@ -82,7 +64,8 @@ async def handle_request_message(body: bytes, *, message_id: str, dequeue_count:
 
     request_id = request.request_id or message_id
     extra = {"requestId": request_id, "dequeueCount": dequeue_count, "ticketId": request.ticket_id}
-    claim = await runtime.status.claim(_template(request, request_id, body_hash), owner=str(uuid.uuid4()))
+    template = StatusRecord.for_request(request, request_id, Status.PROCESSING, message_hash=body_hash)
+    claim = await runtime.status.claim(template, owner=str(uuid.uuid4()))
     if claim.kind == "finished":
         log.info("request already %s; duplicate delivery ignored", claim.record.status, extra=extra)
         if dequeue_count > 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from shared.graph import GuestUser
@@ -47,3 +48,20 @@ def request_body(**overrides: Any) -> bytes:
     values: dict[str, Any] = {"userId": GUEST_ID}
     values.update(overrides)
     return json.dumps({k: v for k, v in values.items() if v is not None}).encode()
+
+
+def isolated_env(connection_string: str, graph_base_url: str, **overrides: str) -> dict[str, str]:
+    """App settings for one test: real Azurite and emulator, queues and table of its own, fast retries."""
+    suffix = uuid.uuid4().hex[:10]
+    values = {
+        "AzureWebJobsStorage": connection_string,
+        "GRAPH_BASE_URL": graph_base_url,
+        "RESET_REQUEST_QUEUE": f"req-{suffix}",
+        "RESET_RESULT_QUEUE": f"res-{suffix}",
+        "RESET_STATUS_TABLE": f"Status{suffix}",
+        "GRAPH_RETRY_DELAYS": "0.05,0.1",
+        "GRAPH_MAX_ATTEMPTS": "4",
+        "GRAPH_WRITES_PER_SECOND": "50",
+    }
+    values.update(overrides)
+    return values

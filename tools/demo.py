@@ -39,7 +39,7 @@ SAMPLES: list[tuple[str, dict[str, Any]]] = [
 
 
 def main() -> int:
-    console = Console()
+    console = Console(width=140)
     logging.basicConfig(level=logging.WARNING)
     with running_azurite() as azurite, running_emulator() as graph:
         console.print(f"Azurite on ports {azurite.queue_port}/{azurite.table_port}, Graph emulator at {graph.base_url}")
@@ -62,7 +62,8 @@ def main() -> int:
             table = TableClient.from_connection_string(azurite.connection_string, DEFAULTS["RESET_STATUS_TABLE"])
             outcomes = _wait(table, ids, timeout=60)
             invitations = len(graph.control.invitations())
-    _print(console, outcomes, invitations)
+            throttled = {e["path"].split("/")[2] for e in graph.control.journal() if e["status"] == 429}
+    _print(console, outcomes, invitations, throttled)
     finished = all(o.get("Status") in {"Succeeded", "Failed", "DryRunPassed"} for o in outcomes.values())
     return 0 if finished else 1
 
@@ -82,15 +83,16 @@ def _wait(table: TableClient, ids: dict[str, str], *, timeout: float) -> dict[st
     return outcomes
 
 
-def _print(console: Console, outcomes: dict[str, dict[str, Any]], invitations: int) -> None:
+def _print(console: Console, outcomes: dict[str, dict[str, Any]], invitations: int, throttled: set[str]) -> None:
     table = Table(title="Guest Redemption Reset — demo outcomes")
-    for column in ("request", "status", "code", "attempts", "where it ended"):
+    for column in ("request", "status", "code", "attempts", "where it ended", "note"):
         table.add_column(column)
     for label, entity in outcomes.items():
+        note = "Graph answered 429 first; waited Retry-After" if entity.get("UserId") in throttled else ""
         status = entity.get("Status", "(none yet)")
         where = {"Succeeded": "reset sent, result queue", "DryRunPassed": "checks only, result queue",
                  "Failed": "poison queue → Failed, result queue"}.get(status, "still queued")  # fmt: skip
-        table.add_row(label, status, entity.get("ErrorCode") or "", str(entity.get("Attempts", "")), where)
+        table.add_row(label, status, entity.get("ErrorCode") or "", str(entity.get("Attempts", "")), where, note)
     console.print(table)
     console.print(f"invitations the Graph emulator received: {invitations}")
 

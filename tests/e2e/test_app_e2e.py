@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient
 
+from tests.factories import isolated_env
 from tools.azurite import AzuriteEndpoints
 from tools.devhost import DevHostProcess, running_devhost
 from tools.graph_emulator.runner import EmulatorHandle
@@ -28,10 +28,10 @@ TERMINAL = {"Succeeded", "Failed", "DryRunPassed"}
 class Deployment:
     """The app as a queue producer and an operator see it."""
 
-    def __init__(self, connection_string: str, suffix: str) -> None:
-        self.requests = QueueClient.from_connection_string(connection_string, f"req-{suffix}")
-        self.results = QueueClient.from_connection_string(connection_string, f"res-{suffix}")
-        self.table = TableClient.from_connection_string(connection_string, f"Status{suffix}")
+    def __init__(self, connection_string: str, env: dict[str, str]) -> None:
+        self.requests = QueueClient.from_connection_string(connection_string, env["RESET_REQUEST_QUEUE"])
+        self.results = QueueClient.from_connection_string(connection_string, env["RESET_RESULT_QUEUE"])
+        self.table = TableClient.from_connection_string(connection_string, env["RESET_STATUS_TABLE"])
 
     def submit(self, body: dict[str, Any] | str) -> None:
         self.requests.send_message(body if isinstance(body, str) else json.dumps(body))
@@ -55,19 +55,14 @@ class Deployment:
 @pytest.fixture
 def deployment(azurite: AzuriteEndpoints, emulator: EmulatorHandle) -> Iterator[tuple[Deployment, DevHostProcess]]:
     emulator.control.reset()
-    suffix = uuid.uuid4().hex[:10]
-    env = {
-        "AzureWebJobsStorage": azurite.connection_string,
-        "GRAPH_BASE_URL": emulator.base_url,
-        "RESET_REQUEST_QUEUE": f"req-{suffix}",
-        "RESET_RESULT_QUEUE": f"res-{suffix}",
-        "RESET_STATUS_TABLE": f"Status{suffix}",
-        "GRAPH_RETRY_DELAYS": "0.05,0.1",
-        "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "3",
-        "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:00.200",
-    }
+    env = isolated_env(
+        azurite.connection_string,
+        emulator.base_url,
+        AzureFunctionsJobHost__extensions__queues__maxDequeueCount="3",
+        AzureFunctionsJobHost__extensions__queues__visibilityTimeout="00:00:00.200",
+    )
     with running_devhost(REPO_ROOT, env=env, max_polling_interval=0.2) as host:
-        yield Deployment(azurite.connection_string, suffix), host
+        yield Deployment(azurite.connection_string, env), host
 
 
 def test_queue_message_is_reset_and_reported(

@@ -13,6 +13,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from tests.factories import isolated_env
 from tools.azurite import AzuriteEndpoints
 from tools.devhost import running_devhost
 from tools.graph_emulator.runner import EmulatorHandle
@@ -23,15 +24,7 @@ ADELE = "5e0c1d2a-0001-4a5b-9c3d-000000000001"
 
 @pytest.fixture(scope="module")
 def api(azurite: AzuriteEndpoints, emulator: EmulatorHandle) -> Iterator[httpx.Client]:
-    suffix = uuid.uuid4().hex[:10]
-    env = {
-        "AzureWebJobsStorage": azurite.connection_string,
-        "GRAPH_BASE_URL": emulator.base_url,
-        "RESET_REQUEST_QUEUE": f"hreq-{suffix}",
-        "RESET_RESULT_QUEUE": f"hres-{suffix}",
-        "RESET_STATUS_TABLE": f"HStatus{suffix}",
-        "GRAPH_RETRY_DELAYS": "0.05",
-    }
+    env = isolated_env(azurite.connection_string, emulator.base_url)
     with running_devhost(REPO_ROOT, env=env, max_polling_interval=0.2) as host, httpx.Client(
         base_url=host.base_url, timeout=30
     ) as client:

@@ -226,3 +226,19 @@ async def test_no_log_record_leaks_emails_tokens_or_redeem_urls(
                    "adele.vance@contoso.com", "emulator-placeholder-token", "redeem?"):  # fmt: skip
         assert secret not in text, secret
     assert any("sent to poison" in r.getMessage() for r in caplog.records)
+
+
+async def test_host_poisoned_copy_without_request_id_is_linked_by_its_body(app: App) -> None:
+    """A raw poison copy (new message id, no requestId) still closes the original's record."""
+    app.graph.add_fault(method="GET", path=f"^/users/{ADELE}$", status=503, times=None)
+    body = f'{{"userId": "{ADELE}", "ticketId": "INC-HASH"}}'.encode()
+    with pytest.raises(Exception, match="unavailable"):
+        await app.deliver(body, message_id="original-id", dequeue_count=1)
+    from shared.worker import handle_poison_message
+
+    await handle_poison_message(body, message_id="poison-copy-id")
+    record = await app.status("original-id")
+    assert record is not None and record.status is Status.FAILED
+    assert record.error_code == "DeliveryFailed" and "GraphUnavailable" in (record.error_message or "")
+    [result] = app.results()
+    assert result["requestId"] == "original-id" and result["ticketId"] == "INC-HASH"

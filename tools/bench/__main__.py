@@ -1,0 +1,69 @@
+"""``python -m tools.bench [cpu|throughput|loop|import|all] [--quick] [--strict] [--profile]``.
+
+Prints one table per benchmark (figures, baseline, ratio, goal, PASS/FAIL). The exit code is
+non-zero only with ``--strict`` and a failed goal, so a noisy machine does not break CI unless
+asked to. The graph benchmarks share one emulator process, reset before each of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import ExitStack
+
+from tools.bench.common import BenchResult, print_result, quiet_logging
+from tools.graph_emulator.runner import EmulatorHandle, running_emulator
+
+BENCHMARKS = ("cpu", "throughput", "loop", "import")
+
+
+def run_one(name: str, emulator: EmulatorHandle | None, args: argparse.Namespace) -> BenchResult:
+    """Run one benchmark by name; the graph benchmarks need the running emulator."""
+    if name == "import":
+        from tools.bench import import_time
+
+        return import_time.run(quick=args.quick)
+    if emulator is None:
+        raise ValueError(f"benchmark {name} needs the Graph emulator")
+    if name == "cpu":
+        from tools.bench import cpu
+
+        return cpu.run(emulator, quick=args.quick, profile=args.profile)
+    if name == "throughput":
+        from tools.bench import throughput
+
+        return throughput.run(emulator, quick=args.quick)
+    from tools.bench import loop
+
+    return loop.run(emulator, quick=args.quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
+    parser.add_argument("benchmark", nargs="?", default="all", choices=(*BENCHMARKS, "all"))
+    parser.add_argument("--quick", action="store_true", help="smaller runs for a CI smoke test (~1 min)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is not met")
+    parser.add_argument("--profile", action="store_true", help="cpu: also print a cProfile of the SDK path")
+    args = parser.parse_args(argv)
+    selected = BENCHMARKS if args.benchmark == "all" else (args.benchmark,)
+
+    results: list[BenchResult] = []
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        stack.enter_context(quiet_logging())
+        emulator = None
+        if any(name != "import" for name in selected):
+            emulator = stack.enter_context(running_emulator())
+        for name in selected:
+            result = run_one(name, emulator, args)
+            print_result(result)
+            results.append(result)
+
+    summary = ", ".join(f"{r.name} {'PASS' if r.passed else 'FAIL'}" for r in results)
+    print(f"{summary}  ({time.perf_counter() - started:.0f} s{', quick' if args.quick else ''})")
+    return 1 if args.strict and not all(r.passed for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

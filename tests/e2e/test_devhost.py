@@ -259,3 +259,18 @@ def test_host_json_overrides_and_defaults() -> None:
     assert (defaults.batch_size, defaults.new_batch_threshold, defaults.max_dequeue_count) == (16, 8, 5)
     assert defaults.max_polling_interval == 60.0
     assert parse_timespan("1.02:03:04.5", key="x") == 93784.5
+
+
+def test_disabled_setting_switches_a_function_off(azurite: AzuriteEndpoints) -> None:
+    """`AzureWebJobs.<name>.Disabled=true` keeps that function from running, as in Azure."""
+    queue = unique_queue()
+    client = queue_client(azurite, queue)
+    client.create_queue()
+    client.send_message(json.dumps({"do": "ok", "tag": "never"}))
+    with devhost(azurite, queue, **{"AzureWebJobs.main.Disabled": "true"}) as handle, httpx.Client(
+        base_url=handle.base_url, timeout=10
+    ) as http:
+        assert "main" not in http.get("/admin/host/status").json()["functions"]
+        assert http.post("/admin/functions/main", json={"input": "{}"}).status_code == 404
+        time.sleep(1.5)  # several polling intervals: the message must still be there
+        assert message_count(azurite, queue) == 1

@@ -70,7 +70,12 @@ class DevHost:
         """Index the app, start every listener and the HTTP server, then write the ready file."""
         settings = load_settings(self.app_dir)
         self._config = load_host_config(self.app_dir, settings)
-        self._functions = {spec.name: spec for spec in index_app(self.app_dir, settings)}
+        # The host's `AzureWebJobs.<name>.Disabled` app setting switches a function off.
+        self._functions = {
+            spec.name: spec
+            for spec in index_app(self.app_dir, settings)
+            if settings.get(f"AzureWebJobs.{spec.name}.Disabled", "").strip().lower() not in {"true", "1"}
+        }
         self._clients = clients = QueueClients(settings)
         try:
             for spec in self._functions.values():

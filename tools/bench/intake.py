@@ -1,0 +1,162 @@
+"""HTTP intake costs no more than the storage work it must do (issue 3's speed goals).
+
+Azurite is the ceiling here (about 500 queue sends/s with 16-64 concurrent async sends), so each
+figure is compared with raw async SDK calls doing the same storage work in the same run: for
+every request, one table insert (its Accepted record) and one queue send (its message).
+
+1. A 1,000-request batch ``POST /api/resets`` through the local runner vs the same 1,000 table
+   inserts and queue sends with the async SDKs at the intake's own concurrency (32): ≤ 1.3x.
+2. Single-request intake with 16 concurrent HTTP clients vs the same work by 16 concurrent raw
+   workers: the rate stays within 1.5x (raw rate / intake rate).
+
+Each side gets fresh queue and table names (Azurite slows down as queues deepen), and the two
+sides alternate, best of two each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+from azure.data.tables.aio import TableClient
+from azure.storage.queue.aio import QueueClient
+
+from shared.intake import CONCURRENCY
+from tools.azurite import AzuriteEndpoints, running_azurite
+from tools.bench.common import BenchResult, Row, guest_id
+from tools.devhost import running_devhost
+from tools.graph_emulator.runner import EmulatorHandle
+
+BATCH_GOAL = 1.3
+SINGLE_GOAL = 1.5
+CLIENTS = 16
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _names() -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:10]
+    return {"queue": f"bench-{suffix}", "table": f"Bench{suffix}"}
+
+
+def _request(index: int, tag: str) -> dict[str, str]:
+    return {"userId": guest_id(index), "requestId": f"{tag}-{index}", "ticketId": f"BENCH-{index}"}
+
+
+async def _gather_limited(count: int, concurrency: int, work: Callable[[int], Awaitable[None]]) -> float:
+    """Run work(0..count-1) with ``concurrency`` workers; return wall seconds."""
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < count:
+            index = next_index
+            next_index += 1
+            await work(index)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+async def _raw(azurite: AzuriteEndpoints, count: int, concurrency: int) -> float:
+    """The storage work alone: one entity insert and one message per request, async SDKs."""
+    names = _names()
+    conn = azurite.connection_string
+    async with TableClient.from_connection_string(conn, names["table"]) as table, \
+            QueueClient.from_connection_string(conn, names["queue"]) as queue:  # fmt: skip
+        await table.create_table()
+        await queue.create_queue()
+
+        async def work(index: int) -> None:
+            body = _request(index, "raw")
+            entity = {"PartitionKey": body["requestId"], "RowKey": "status", "Status": "Accepted",
+                      "RequestJson": json.dumps(body), "TicketId": body["ticketId"]}  # fmt: skip
+            await table.create_entity(entity)
+            await queue.send_message(json.dumps(body))
+
+        return await _gather_limited(count, concurrency, work)
+
+
+async def _batch_via_api(client: httpx.AsyncClient, count: int) -> float:
+    body = {"requests": [_request(i, f"batch-{uuid.uuid4().hex[:6]}") for i in range(count)]}
+    started = time.perf_counter()
+    response = await client.post("/api/resets", json=body)
+    elapsed = time.perf_counter() - started
+    if response.status_code != 202 or len(response.json()["accepted"]) != count:
+        raise RuntimeError(f"batch intake answered {response.status_code}: {response.text[:300]}")
+    return elapsed
+
+
+async def _singles_via_api(client: httpx.AsyncClient, count: int) -> float:
+    tag = f"single-{uuid.uuid4().hex[:6]}"
+
+    async def work(index: int) -> None:
+        response = await client.post("/api/resets", json=_request(index, tag))
+        if response.status_code != 202:
+            raise RuntimeError(f"intake answered {response.status_code}: {response.text[:300]}")
+
+    return await _gather_limited(count, CLIENTS, work)
+
+
+def _env(azurite: AzuriteEndpoints, emulator: EmulatorHandle) -> dict[str, str]:
+    names = _names()
+    return {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "GRAPH_BASE_URL": emulator.base_url,
+        "RESET_REQUEST_QUEUE": names["queue"],
+        "RESET_RESULT_QUEUE": f"{names['queue']}-res",
+        "RESET_STATUS_TABLE": names["table"],
+        # Intake only: the workers stay off, so nothing competes with intake for Azurite.
+        "AzureWebJobs.process_reset.Disabled": "true",
+        "AzureWebJobs.record_poisoned_reset.Disabled": "true",
+    }
+
+
+async def _measure(azurite: AzuriteEndpoints, base_url: str, batch: int, singles: int) -> dict[str, float]:
+    best: dict[str, float] = {}
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+        await _batch_via_api(client, 10)  # warm-up: runtime, clients, queue and table creation
+        for _ in range(2):
+            for key, run in (
+                ("raw_batch", lambda: _raw(azurite, batch, CONCURRENCY)),
+                ("api_batch", lambda: _batch_via_api(client, batch)),
+                ("raw_single", lambda: _raw(azurite, singles, CLIENTS)),
+                ("api_single", lambda: _singles_via_api(client, singles)),
+            ):
+                seconds = await run()
+                best[key] = min(best.get(key, seconds), seconds)
+    return best
+
+
+def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
+    batch = 300 if quick else 1000
+    singles = 200 if quick else 600
+    with running_azurite() as azurite, running_devhost(REPO_ROOT, env=_env(azurite, emulator)) as host:
+        best = asyncio.run(_measure(azurite, host.base_url, batch, singles))
+    batch_ratio = best["api_batch"] / best["raw_batch"]
+    raw_rate, api_rate = singles / best["raw_single"], singles / best["api_single"]
+    single_ratio = raw_rate / api_rate
+    result = BenchResult("intake", "through the local runner on a fresh Azurite; best of 2, alternating")
+    result.rows.append(
+        Row(f"{batch}-request batch accepted, s", f"{best['api_batch']:.2f}", f"{best['raw_batch']:.2f}",
+            f"{batch_ratio:.2f}x", f"<= {BATCH_GOAL}x", batch_ratio <= BATCH_GOAL)
+    )  # fmt: skip
+    result.rows.append(
+        Row(f"single requests, {CLIENTS} clients, requests/s", f"{api_rate:.0f}", f"{raw_rate:.0f}",
+            f"{single_ratio:.2f}x", f"<= {SINGLE_GOAL}x", single_ratio <= SINGLE_GOAL)
+    )  # fmt: skip
+    result.rows.append(
+        Row("batch intake rate, requests/s (info)", f"{batch / best['api_batch']:.0f}",
+            f"{batch / best['raw_batch']:.0f}")
+    )  # fmt: skip
+    result.notes.append(
+        "Baseline: raw async azure-data-tables + azure-storage-queue calls, one insert and one send per "
+        f"request, at the same concurrency (batch {CONCURRENCY}, singles {CLIENTS})."
+    )
+    return result

@@ -122,14 +122,15 @@ async def _measure(azurite: AzuriteEndpoints, base_url: str, batch: int, singles
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
         await _batch_via_api(client, 10)  # warm-up: runtime, clients, queue and table creation
+        sides: list[tuple[str, Callable[[], Awaitable[float]]]] = [
+            ("raw_batch", lambda: _raw(azurite, batch, CONCURRENCY)),
+            ("api_batch", lambda: _batch_via_api(client, batch)),
+            ("raw_single", lambda: _raw(azurite, singles, CLIENTS)),
+            ("api_single", lambda: _singles_via_api(client, singles)),
+        ]
         for _ in range(2):
-            for key, run in (
-                ("raw_batch", lambda: _raw(azurite, batch, CONCURRENCY)),
-                ("api_batch", lambda: _batch_via_api(client, batch)),
-                ("raw_single", lambda: _raw(azurite, singles, CLIENTS)),
-                ("api_single", lambda: _singles_via_api(client, singles)),
-            ):
-                seconds = await run()
+            for key, side in sides:
+                seconds = await side()
                 best[key] = min(best.get(key, seconds), seconds)
     return best
 

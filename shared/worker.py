@@ -13,7 +13,7 @@ import json
 import uuid
 from typing import Any
 
-from shared.callbacks import notify
+from shared.callbacks import callback_allowed, notify
 from shared.contract import (
     load_json_object,
     parse_request,
@@ -56,6 +56,11 @@ async def handle_request_message(body: bytes, *, message_id: str, dequeue_count:
     body_hash = message_hash(body)
     try:
         request = parse_request(body)
+        if request.callback_url and not callback_allowed(request.callback_url, runtime.settings):
+            raise InvalidRequestError(
+                "invalid reset request: callbackUrl: host is not on the callback allowlist (CALLBACK_ALLOWED_HOSTS)",
+                problems=[{"field": "callbackUrl", "message": "host is not on the callback allowlist"}],
+            )
     except InvalidRequestError as error:
         request_id = request_id_hint(body) or message_id
         log.warning("invalid request sent to poison: %s", error.message, extra={"requestId": request_id})

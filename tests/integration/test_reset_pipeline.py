@@ -242,3 +242,11 @@ async def test_host_poisoned_copy_without_request_id_is_linked_by_its_body(app: 
     assert record.error_code == "DeliveryFailed" and "GraphUnavailable" in (record.error_message or "")
     [result] = app.results()
     assert result["requestId"] == "original-id" and result["ticketId"] == "INC-HASH"
+
+
+async def test_queue_message_with_a_callback_off_the_allowlist_is_refused(app: App) -> None:
+    """Queue producers meet the same callback rule as HTTP callers: refused before any Graph call."""
+    await app.deliver({"userId": ADELE, "callbackUrl": "https://attacker.example.com/hook"})
+    [poisoned] = app.poison()
+    assert poisoned["error"]["code"] == "InvalidRequest" and "callbackUrl" in poisoned["error"]["message"]
+    assert app.graph.journal() == []

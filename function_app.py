@@ -3,6 +3,7 @@
 import azure.functions as func
 
 from shared import api
+from shared.bulk_job import run_bulk_job
 from shared.worker import handle_poison_message, handle_request_message
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -32,6 +33,13 @@ async def process_reset(msg: func.QueueMessage) -> None:
 async def record_poisoned_reset(msg: func.QueueMessage) -> None:
     """A poisoned request: record Failed and publish the result; never raises."""
     await handle_poison_message(msg.get_body(), message_id=msg.id or "")
+
+
+@app.function_name("bulk_reset_job")
+@app.timer_trigger(arg_name="timer", schedule="%BULK_SCHEDULE%", run_on_startup=False, use_monitor=True)
+async def bulk_reset_job(timer: func.TimerRequest) -> None:
+    """CSV files in <BULK_CONTAINER>/incoming/: validate, enqueue, report, move (schedule in UTC)."""
+    await run_bulk_job()
 
 
 @app.route(route="resets", methods=ALL_METHODS)

@@ -90,6 +90,9 @@ param allowMemberReset bool = false
 @description('CALLBACK_ALLOWED_HOSTS: comma-separated https hosts that may receive result callbacks (Logic Apps and Power Automate by default).')
 param callbackAllowedHosts string = '*.logic.azure.com,*.azure-apim.net,*.flow.microsoft.com,*.powerautomate.com,*.api.powerplatform.com'
 
+@description('BULK_SCHEDULE: when the bulk job looks for CSV files in the bulk-resets container, as NCRONTAB with seconds ({second} {minute} {hour} {day} {month} {day-of-week}), in UTC.')
+param bulkSchedule string = '0 */5 * * * *'
+
 @description('RESET_REQUEST_QUEUE: queue the worker reads; its poison queue is <name>-poison.')
 param requestQueueName string = 'guest-reset-requests'
 
@@ -233,6 +236,8 @@ module api 'app/api.bicep' = {
     graphMaxAttempts: graphMaxAttempts
     graphTimeoutSeconds: graphTimeoutSeconds
     callbackAllowedHosts: callbackAllowedHosts
+    bulkContainerName: bulkContainerName
+    bulkSchedule: bulkSchedule
     enableAppServiceAuth: enableAppServiceAuth
     authClientId: authClientId
     authAllowedAudiences: authAllowedAudiences

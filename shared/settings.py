@@ -50,6 +50,9 @@ DEFAULTS: dict[str, str] = {
         "*.api.powerplatform.com"
     ),
     "ALLOWED_CALLERS": "",
+    "BULK_CONTAINER": "bulk-resets",
+    # NCRONTAB with seconds ({second} {minute} {hour} {day} {month} {day-of-week}), in UTC.
+    "BULK_SCHEDULE": "0 */5 * * * *",
 }
 
 
@@ -69,6 +72,7 @@ _GRAPH_HOSTS = {
     "microsoftgraph.chinacloudapi.cn": GraphCloud.CHINA,
 }
 _QUEUE_RE = r"^[a-z0-9](?!.*--)[a-z0-9-]{1,54}[a-z0-9]$"  # leaves room for "-poison"
+_CONTAINER_RE = r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$"
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Settings:
     callback_allowed_hosts: tuple[str, ...]
     allowed_callers: frozenset[str] = frozenset()
     max_dequeue_count: int = 5
+    bulk_container: str = DEFAULTS["BULK_CONTAINER"]
+    bulk_schedule: str = DEFAULTS["BULK_SCHEDULE"]
 
     @property
     def poison_queue(self) -> str:
@@ -234,6 +240,18 @@ def _https_url(reader: _Reader, name: str) -> str:
     return value
 
 
+def _schedule(reader: _Reader, name: str) -> str:
+    """An NCRONTAB expression with the seconds field, as the timer trigger reads it (UTC)."""
+    value = reader.text(name)
+    fields = value.split()
+    if len(fields) != 6 or not all(re.fullmatch(r"[0-9A-Za-z*/,\-]+", f) for f in fields):
+        reader.problems.append(
+            f"{name}={value!r} is not an NCRONTAB schedule with six fields "
+            "({second} {minute} {hour} {day} {month} {day-of-week}), e.g. '0 */5 * * * *'"
+        )
+    return value
+
+
 def _max_dequeue_count(env: Mapping[str, str], reader: _Reader) -> int:
     """The host's poison threshold: the app-setting override wins over host.json, as in Azure."""
     key = "azurefunctionsjobhost__extensions__queues__maxdequeuecount"
@@ -285,6 +303,8 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
             c.strip().lower() for c in reader.text("ALLOWED_CALLERS").split(",") if c.strip()
         ),
         max_dequeue_count=_max_dequeue_count(env, reader),
+        bulk_container=reader.name("BULK_CONTAINER", _CONTAINER_RE, "blob container name (3-63 chars)"),
+        bulk_schedule=_schedule(reader, "BULK_SCHEDULE"),
     )
     if reader.problems:
         raise SettingsError(reader.problems)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -334,6 +335,46 @@ class StatusStore:
         except AzureError as error:
             raise _storage_error("searching statuses", error) from error
         return None
+
+    async def scan(self, odata_filter: str, parameters: dict[str, Any]) -> AsyncIterator[StatusRecord]:
+        """Every record matching a table filter, page by page (reports of any size, flat memory)."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            async for entity in self._table.query_entities(
+                odata_filter, parameters=parameters, results_per_page=1000
+            ):
+                yield _from_entity(entity)
+        except AzureError as error:
+            raise _storage_error("querying statuses", error) from error
+
+    # Other entities that share the table (bulk file progress) are plain property dicts,
+    # stored under RowKeys other than "status" so no status query ever returns them.
+
+    async def read_entity(self, partition_key: str, row_key: str) -> dict[str, Any] | None:
+        """One non-status entity's properties, or None when it does not exist."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        if row_key == ROW_KEY:
+            raise ValueError("status records are read with get()")
+        try:
+            return dict(await self._table.get_entity(partition_key, row_key))
+        except ResourceNotFoundError:
+            return None
+        except AzureError as error:
+            raise _storage_error(f"reading {partition_key}", error) from error
+
+    async def write_entity(self, entity: dict[str, Any]) -> None:
+        """Create or replace one non-status entity (it carries its PartitionKey and RowKey)."""
+        from azure.core.exceptions import AzureError
+        from azure.data.tables import UpdateMode
+
+        if entity.get("RowKey") == ROW_KEY:
+            raise ValueError("status records are written with create(), save() or put()")
+        try:
+            await self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        except AzureError as error:
+            raise _storage_error(f"writing {entity.get('PartitionKey')}", error) from error
 
     async def aclose(self) -> None:
         await self._table.close()

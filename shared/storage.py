@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from shared.errors import SettingsError
 from shared.settings import StorageConnection
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
+    from azure.storage.blob.aio import ContainerClient
     from azure.storage.queue.aio import QueueClient
 
 # Short, explicit network limits: a stalled storage call should fail and be retried, not hang.
 _TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 30}
+# Blob downloads come in ranges of this size (the SDK's first GET would otherwise take 32 MB),
+# so a large CSV file is streamed through a small, fixed amount of memory.
+BLOB_CHUNK_BYTES = 1024 * 1024
 
 
 def _credential(storage: StorageConnection) -> Any:
@@ -36,4 +41,20 @@ def table_client(storage: StorageConnection, name: str) -> TableClient:
         return TableClient.from_connection_string(storage.connection_string, name, **_TIMEOUTS)
     return TableClient(
         storage.table_service_uri or "", name, credential=_credential(storage), **_TIMEOUTS
+    )
+
+
+def container_client(storage: StorageConnection, name: str) -> ContainerClient:
+    """An async blob container client that downloads in ``BLOB_CHUNK_BYTES`` ranges."""
+    from azure.storage.blob.aio import ContainerClient
+
+    chunks: dict[str, Any] = {"max_single_get_size": BLOB_CHUNK_BYTES, "max_chunk_get_size": BLOB_CHUNK_BYTES}
+    if storage.connection_string:
+        return ContainerClient.from_connection_string(storage.connection_string, name, **_TIMEOUTS, **chunks)
+    if not storage.blob_service_uri:
+        raise SettingsError(
+            ["AzureWebJobsStorage__blobServiceUri is not set: the bulk job reads CSV files from blob storage"]
+        )
+    return ContainerClient(
+        storage.blob_service_uri, name, credential=_credential(storage), **_TIMEOUTS, **chunks
     )

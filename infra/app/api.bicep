@@ -41,6 +41,12 @@ param graphMaxAttempts int
 param graphTimeoutSeconds int
 param callbackAllowedHosts string
 
+@description('BULK_CONTAINER: blob container the bulk job reads CSV files from (incoming/) and writes reports to.')
+param bulkContainerName string
+
+@description('BULK_SCHEDULE: NCRONTAB schedule of the bulk job, six fields with seconds, in UTC.')
+param bulkSchedule string
+
 param enableAppServiceAuth bool = false
 param authClientId string = ''
 param authAllowedAudiences array = []
@@ -156,6 +162,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     GRAPH_MAX_ATTEMPTS: string(graphMaxAttempts)
     GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
     CALLBACK_ALLOWED_HOSTS: callbackAllowedHosts
+    BULK_CONTAINER: bulkContainerName
+    BULK_SCHEDULE: bulkSchedule
     // Only App Service authentication makes the caller headers trustworthy (the platform
     // strips and rewrites them); without it a caller could forge them, so the list stays empty.
     ALLOWED_CALLERS: enableAppServiceAuth ? allowedCallers : ''

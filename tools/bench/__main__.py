@@ -1,4 +1,4 @@
-"""``python -m tools.bench [cpu|throughput|loop|import|intake|all] [--quick] [--strict] [--profile]``.
+"""``python -m tools.bench [cpu|throughput|loop|import|intake|bulk|all] [--quick] [--strict] [--profile]``.
 
 Prints one table per benchmark (figures, baseline, ratio, goal, PASS/FAIL). The exit code is
 non-zero only with ``--strict`` and a failed goal, so a noisy machine does not break CI unless
@@ -15,7 +15,8 @@ from contextlib import ExitStack
 from tools.bench.common import BenchResult, print_result, quiet_logging
 from tools.graph_emulator.runner import EmulatorHandle, running_emulator
 
-BENCHMARKS = ("cpu", "throughput", "loop", "import", "intake")
+BENCHMARKS = ("cpu", "throughput", "loop", "import", "intake", "bulk")
+NO_EMULATOR = {"import", "bulk"}  # these need no Graph emulator
 
 
 def run_one(name: str, emulator: EmulatorHandle | None, args: argparse.Namespace) -> BenchResult:
@@ -24,6 +25,10 @@ def run_one(name: str, emulator: EmulatorHandle | None, args: argparse.Namespace
         from tools.bench import import_time
 
         return import_time.run(quick=args.quick)
+    if name == "bulk":
+        from tools.bench import bulk
+
+        return bulk.run(quick=args.quick)
     if emulator is None:
         raise ValueError(f"benchmark {name} needs the Graph emulator")
     if name == "cpu":
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         stack.enter_context(quiet_logging())
         emulator = None
-        if any(name != "import" for name in selected):
+        if any(name not in NO_EMULATOR for name in selected):
             emulator = stack.enter_context(running_emulator())
         for name in selected:
             result = run_one(name, emulator, args)

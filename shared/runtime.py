@@ -67,13 +67,25 @@ _factory: RuntimeFactory = build_runtime
 _runtimes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Runtime] = weakref.WeakKeyDictionary()
 
 
+_building: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
 async def get_runtime() -> Runtime:
-    """The runtime of the running event loop, built on first use."""
+    """The runtime of the running event loop, built once on first use.
+
+    A cold worker starts a whole batch of invocations at once; the lock makes them share one
+    set of clients instead of each building (and leaking) its own.
+    """
     loop = asyncio.get_running_loop()
     runtime = _runtimes.get(loop)
-    if runtime is None:
-        runtime = await _factory(get_settings())
-        _runtimes[loop] = runtime
+    if runtime is not None:
+        return runtime
+    lock = _building.setdefault(loop, asyncio.Lock())
+    async with lock:
+        runtime = _runtimes.get(loop)
+        if runtime is None:
+            runtime = await _factory(get_settings())
+            _runtimes[loop] = runtime
     return runtime
 
 

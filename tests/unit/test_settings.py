@@ -121,3 +121,28 @@ def test_sample_settings_mirror_the_defaults() -> None:
         if name != "GRAPH_BASE_URL":  # locally it points at the emulator
             assert values[name] == default, name
     parse_settings(values)
+
+
+async def test_concurrent_first_calls_share_one_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cold batch of invocations builds the clients once, not once per message."""
+    import asyncio
+
+    from shared import runtime as runtime_module
+
+    built: list[object] = []
+
+    async def factory(settings: object) -> runtime_module.Runtime:
+        await asyncio.sleep(0.01)  # building awaits (creating queues and tables)
+        built.append(settings)
+        return object()  # type: ignore[return-value]
+
+    monkeypatch.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+    runtime_module.set_runtime_factory(factory)
+    reset_settings()
+    try:
+        results = await asyncio.gather(*(runtime_module.get_runtime() for _ in range(16)))
+    finally:
+        runtime_module.set_runtime_factory(None)
+        reset_settings()
+    assert len(built) == 1
+    assert all(r is results[0] for r in results)

@@ -25,7 +25,7 @@ from shared.contract import canonical_json
 from shared.errors import ResetError, TransientError
 from shared.masking import app_logger
 from shared.settings import Settings
-from shared.status import StatusStore, utcnow
+from shared.status import StatusStore, iso_time, parse_iso_time, utcnow
 
 log = app_logger()
 
@@ -45,14 +45,6 @@ class BulkFileChangedError(ResetError):
     """The file's bytes differ between the validation pass and the sending pass."""
 
     default_code = "BulkFileChanged"
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="microseconds") if value else None
-
-
-def _parse_time(value: Any) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
 
 
 @dataclass(frozen=True)
@@ -85,8 +77,8 @@ class FileProgress:
             "PartitionKey": self.partition_key, "RowKey": PROGRESS_ROW_KEY, "Sha256": self.sha256,
             "FileName": self.file_name[:1024], "State": str(self.state), "RowsTotal": self.rows_total,
             "RowsSent": self.rows_sent, "SendingThrough": self.sending_through, "Runs": self.runs,
-            "ProblemCount": self.problem_count, "CreatedAt": _iso(self.created_at),
-            "UpdatedAt": _iso(self.updated_at), "FinishedAt": _iso(self.finished_at),
+            "ProblemCount": self.problem_count, "CreatedAt": iso_time(self.created_at),
+            "UpdatedAt": iso_time(self.updated_at), "FinishedAt": iso_time(self.finished_at),
         }  # fmt: skip
         return {k: v for k, v in entity.items() if v is not None}
 
@@ -102,17 +94,17 @@ class FileProgress:
             sending_through=int(entity.get("SendingThrough", 0)),
             runs=int(entity.get("Runs", 0)),
             problem_count=int(entity.get("ProblemCount", 0)),
-            created_at=_parse_time(entity.get("CreatedAt")),
-            updated_at=_parse_time(entity.get("UpdatedAt")),
-            finished_at=_parse_time(entity.get("FinishedAt")),
+            created_at=parse_iso_time(entity.get("CreatedAt")),
+            updated_at=parse_iso_time(entity.get("UpdatedAt")),
+            finished_at=parse_iso_time(entity.get("FinishedAt")),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "fileId": self.file_id, "sha256": self.sha256, "fileName": self.file_name, "state": str(self.state),
             "rowsTotal": self.rows_total, "rowsSent": self.rows_sent, "runs": self.runs,
-            "createdAt": _iso(self.created_at), "updatedAt": _iso(self.updated_at),
-            "finishedAt": _iso(self.finished_at),
+            "createdAt": iso_time(self.created_at), "updatedAt": iso_time(self.updated_at),
+            "finishedAt": iso_time(self.finished_at),
         }  # fmt: skip
 
 

@@ -44,11 +44,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_time(value: datetime | None) -> str | None:
+    """How times are stored: ISO 8601 in UTC with microseconds, so strings sort and compare."""
     return value.astimezone(UTC).isoformat(timespec="microseconds") if value else None
 
 
-def _from_iso(value: Any) -> datetime | None:
+def parse_iso_time(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) and value else None
 
 
@@ -112,12 +113,12 @@ class StatusRecord:
         out: dict[str, Any] = {}
         for key in PUBLIC_FIELDS:
             value = getattr(self, key)
-            out[_camel(key)] = _iso(value) if isinstance(value, datetime) else value
+            out[_camel(key)] = iso_time(value) if isinstance(value, datetime) else value
         out["status"] = str(self.status)
         return out
 
     def with_event(self, event: str, **details: Any) -> tuple[dict[str, Any], ...]:
-        entry = {"at": _iso(utcnow()), "attempt": self.attempts, "event": event}
+        entry = {"at": iso_time(utcnow()), "attempt": self.attempts, "event": event}
         entry.update({k: v for k, v in details.items() if v is not None})
         return (*self.history, entry)[-HISTORY_LIMIT:]
 
@@ -144,7 +145,7 @@ def _to_entity(record: StatusRecord) -> dict[str, Any]:
         if name in {"request_id", "etag"}:
             continue
         if name in _DATETIMES:
-            value = _iso(value)
+            value = iso_time(value)
         elif name == "history":
             value = json.dumps(list(value))
         elif name == "status":
@@ -162,7 +163,7 @@ def _from_entity(entity: Any) -> StatusRecord:
             continue
         value = entity[key]
         if f.name in _DATETIMES:
-            value = _from_iso(value)
+            value = parse_iso_time(value)
         elif f.name == "history":
             value = tuple(json.loads(value or "[]"))
         elif f.name == "status":

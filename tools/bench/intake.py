@@ -121,7 +121,9 @@ async def _measure(azurite: AzuriteEndpoints, base_url: str, batch: int, singles
     best: dict[str, float] = {}
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
-        await _batch_via_api(client, 10)  # warm-up: runtime, clients, queue and table creation
+        # Warm-up: the runtime, its clients, queue and table creation, and all 16 connections.
+        await _batch_via_api(client, 10)
+        await _singles_via_api(client, 2 * CLIENTS)
         sides: list[tuple[str, Callable[[], Awaitable[float]]]] = [
             ("raw_batch", lambda: _raw(azurite, batch, CONCURRENCY)),
             ("api_batch", lambda: _batch_via_api(client, batch)),

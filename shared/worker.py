@@ -105,7 +105,7 @@ async def _fail(
         await runtime.publisher.send_poison(
             _envelope(body, record.request_id, error, latest.attempts, history)
         )
-        await _release_quietly(runtime, latest, "poisoned", code=error.code, message=error.message)
+        await _release_quietly(runtime, latest, "poisoned", fresh=True, code=error.code, message=error.message)
         log.warning("request sent to poison: %s", error.message, extra=extra)
         return
     await _release_quietly(runtime, record, "transientFailure", code=error.code, message=error.message)
@@ -113,10 +113,15 @@ async def _fail(
     raise error
 
 
-async def _release_quietly(runtime: Runtime, record: StatusRecord, event: str, **details: Any) -> None:
-    """Hand the lease back; if storage is down the lease simply expires."""
+async def _release_quietly(
+    runtime: Runtime, record: StatusRecord, event: str, *, fresh: bool = False, **details: Any
+) -> None:
+    """Hand the lease back; if storage is down the lease simply expires.
+
+    ``fresh`` says ``record`` was just read; otherwise it is read again (the service saved it since).
+    """
     try:
-        latest = await runtime.status.get(record.request_id) or record
+        latest = record if fresh else (await runtime.status.get(record.request_id) or record)
         await runtime.status.release(latest, event, **details)
     except ResetError as error:
         log.warning("could not release the lease: %s", error.message, extra={"requestId": record.request_id})

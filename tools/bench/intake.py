@@ -27,6 +27,7 @@ from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
 
 from shared.intake import CONCURRENCY
+from shared.storage import client_options
 from tools.azurite import AzuriteEndpoints, running_azurite
 from tools.bench.common import BenchResult, Row, guest_id
 from tools.devhost import running_devhost
@@ -64,11 +65,11 @@ async def _gather_limited(count: int, concurrency: int, work: Callable[[int], Aw
 
 
 async def _raw(azurite: AzuriteEndpoints, count: int, concurrency: int) -> float:
-    """The storage work alone: one entity insert and one message per request, async SDKs."""
+    """The storage work alone: one entity insert and one message per request, async SDKs configured as the app's."""
     names = _names()
-    conn = azurite.connection_string
-    async with TableClient.from_connection_string(conn, names["table"]) as table, \
-            QueueClient.from_connection_string(conn, names["queue"]) as queue:  # fmt: skip
+    conn, options = azurite.connection_string, client_options()
+    async with TableClient.from_connection_string(conn, names["table"], **options) as table, \
+            QueueClient.from_connection_string(conn, names["queue"], **options) as queue:  # fmt: skip
         await table.create_table()
         await queue.create_queue()
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from shared.bulk_repeats import RepeatCheck, RepeatSieve
 from shared.callbacks import callback_allowed
 from shared.contract import ResetRequest, describe_validation_error
 from shared.settings import Settings
@@ -163,7 +164,10 @@ class BulkCsvReader:
     """Feed bytes with ``feed`` (a generator: exhaust it before the next call), then ``close``.
 
     Rows with ``row < validate_from`` are counted and returned without being validated, so a
-    resumed run skips the part of a file that was already sent at parsing speed.
+    resumed run skips the part of a file that was already sent at parsing speed. With
+    ``find_repeats`` the reader notes which users may appear twice (``repeat_candidates``);
+    with a ``repeat_check`` built from those, a row that names a user again is a problem
+    (``shared.bulk_repeats``; ``validate_chunks`` runs both passes).
     """
 
     def __init__(
@@ -174,11 +178,15 @@ class BulkCsvReader:
         requested_by: str | None = None,
         validate_from: int = 1,
         on_problem: Callable[[CsvProblem], None] | None = None,
+        find_repeats: bool = False,
+        repeat_check: RepeatCheck | None = None,
     ) -> None:
         self._settings = settings
+        self._sieve = RepeatSieve() if find_repeats else None
+        self._repeat_check = repeat_check
         self._defaults = {k: v[:256] for k, v in (("source", source), ("requestedBy", requested_by)) if v}
         self._validate_from = validate_from
-        self._on_problem = on_problem
+        self.on_problem = on_problem
         self._hash = hashlib.sha256()
         self._tail = b""  # bytes after the last newline seen
         self._started = False
@@ -224,6 +232,11 @@ class BulkCsvReader:
     @property
     def header(self) -> tuple[str, ...]:
         return tuple(self._header or ())
+
+    @property
+    def repeat_candidates(self) -> set[str]:
+        """Keys of users that valid rows may name more than once (``find_repeats``)."""
+        return self._sieve.candidates if self._sieve is not None else set()
 
     # -- input ------------------------------------------------------------------------------
 
@@ -436,6 +449,14 @@ class BulkCsvReader:
                                        "callbackUrl", row))  # fmt: skip
         if problems:
             return self._invalid(row, line, sorted(problems, key=lambda p: p.column))
+        assert request is not None
+        if self._sieve is not None:
+            self._sieve.add(request)
+        elif self._repeat_check is not None and (repeat := self._repeat_check.repeat(request, line)):
+            name, first = repeat
+            problem = CsvProblem(line, self._column(name), f"the same user as line {first}: a file may reset "
+                                 "each guest once (remove one of the two rows)", name, row)  # fmt: skip
+            return self._invalid(row, line, [problem])
         return BulkRow(row, line, request)
 
     def _invalid(self, row: int, line: int, problems: list[CsvProblem]) -> BulkRow:
@@ -455,8 +476,8 @@ class BulkCsvReader:
         self.problem_count += 1
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(problem)
-        if self._on_problem is not None:
-            self._on_problem(problem)
+        if self.on_problem is not None:
+            self.on_problem(problem)
 
     def _fatal_problem(self, line: int, column: int, message: str) -> None:
         self._problem(CsvProblem(line, column, message + " (reading stopped here)"))
@@ -495,13 +516,24 @@ def summary_of(reader: BulkCsvReader) -> ValidationSummary:
     )
 
 
-def validate_chunks(chunks: Iterable[bytes], *, settings: Settings | None = None, source: str | None = None,
-                    requested_by: str | None = None) -> ValidationSummary:  # fmt: skip
-    """Validate a whole file given as byte chunks; nothing but the problems is kept."""
-    reader = BulkCsvReader(settings=settings, source=source, requested_by=requested_by)
-    for chunk in chunks:
-        for _ in reader.feed(chunk):
+def validate_chunks(read: Callable[[], Iterable[bytes]], *, settings: Settings | None = None,
+                    source: str | None = None, requested_by: str | None = None) -> ValidationSummary:  # fmt: skip
+    """Validate a whole file, ``read()`` giving its bytes in chunks; nothing but the problems is kept.
+
+    The file is read a second time only when a user may be named twice (``shared.bulk_repeats``):
+    that pass reports every problem again, in line order, with the repeats among them.
+    """
+
+    def run(reader: BulkCsvReader) -> BulkCsvReader:
+        for chunk in read():
+            for _ in reader.feed(chunk):
+                pass
+        for _ in reader.close():
             pass
-    for _ in reader.close():
-        pass
-    return summary_of(reader)
+        return reader
+
+    options: dict[str, Any] = {"settings": settings, "source": source, "requested_by": requested_by}
+    first = run(BulkCsvReader(**options, find_repeats=True))
+    if not first.repeat_candidates:
+        return summary_of(first)
+    return summary_of(run(BulkCsvReader(**options, repeat_check=RepeatCheck(first.repeat_candidates))))

@@ -27,6 +27,7 @@ from shared.bulk_enqueue import (
     start_progress,
     storage_failure,
 )
+from shared.bulk_repeats import RepeatCheck
 from shared.errors import ResetError, TransientError
 from shared.masking import app_logger
 from shared.runtime import Runtime, get_runtime
@@ -151,6 +152,26 @@ async def _chunks(blob: BlobClient, etag: str) -> AsyncIterator[bytes]:
         raise storage_failure(f"reading {blob.blob_name}", error) from error
 
 
+async def _validate(blob: BlobClient, etag: str, reader: BulkCsvReader, errors: _CsvSpool,
+                    rejection: _CsvSpool) -> BulkCsvReader:  # fmt: skip
+    """Read the whole blob through ``reader``: problems to ``errors``, every row to ``rejection``."""
+
+    def problem(p: CsvProblem) -> None:
+        errors.write((p.line, p.column, p.field or "", p.row or "", p.message))
+
+    def note(row: BulkRow) -> None:
+        result = "rejected" if row.problems else "notSent"
+        rejection.write((row.row, row.line, "", result, _problems_text(row) or "the file has invalid rows"))
+
+    reader.on_problem = problem
+    async for chunk in _chunks(blob, etag):
+        for row in reader.feed(chunk):
+            note(row)
+    for row in reader.close():
+        note(row)
+    return reader
+
+
 async def _process(runtime: Runtime, container: ContainerClient, blob_name: str, name: str) -> FileOutcome:
     settings = runtime.settings
     blob = container.get_blob_client(blob_name)
@@ -162,22 +183,20 @@ async def _process(runtime: Runtime, container: ContainerClient, blob_name: str,
         return await _reject(runtime, container, blob, name, etag, "", 0, [problem], None)
 
     # Pass 1: validate everything, keep only the problems and a report for the rejection case.
+    # When a user may be named twice, the file is read again to find the repeats (bulk_repeats);
+    # that reading reports every problem again, so its errors and report replace the first ones.
     errors = _CsvSpool(ERROR_COLUMNS)
     rejection = _CsvSpool(REPORT_COLUMNS)
     try:
-        reader = BulkCsvReader(settings=settings, source=source,
-                               on_problem=lambda p: errors.write((p.line, p.column, p.field or "", p.row or "",
-                                                                  p.message)))  # fmt: skip
-
-        def note(row: BulkRow) -> None:
-            result = "rejected" if row.problems else "notSent"
-            rejection.write((row.row, row.line, "", result, _problems_text(row) or "the file has invalid rows"))
-
-        async for chunk in _chunks(blob, etag):
-            for row in reader.feed(chunk):
-                note(row)
-        for row in reader.close():
-            note(row)
+        reader = await _validate(blob, etag, BulkCsvReader(settings=settings, source=source, find_repeats=True),
+                                 errors, rejection)  # fmt: skip
+        if reader.repeat_candidates:
+            errors.close()
+            rejection.close()
+            errors, rejection = _CsvSpool(ERROR_COLUMNS), _CsvSpool(REPORT_COLUMNS)
+            check = RepeatCheck(reader.repeat_candidates)
+            reader = await _validate(blob, etag, BulkCsvReader(settings=settings, source=source, repeat_check=check),
+                                     errors, rejection)  # fmt: skip
         summary = summary_of(reader)
         if not summary.valid:
             await record_rejection(runtime.status, sha256=summary.sha256, file_name=name, rows=summary.rows,

@@ -78,7 +78,7 @@ async def _read_async(path: Path) -> AsyncIterator[bytes]:
 def validate_file(path: Path, *, settings: Settings | None, source: str | None = None,
                   requested_by: str | None = None) -> ValidationSummary:  # fmt: skip
     """Stream the whole file through the reader; only the problems are kept."""
-    return validate_chunks(_read(path), settings=settings, source=source, requested_by=requested_by)
+    return validate_chunks(lambda: _read(path), settings=settings, source=source, requested_by=requested_by)
 
 
 def default_source(path: Path) -> str:

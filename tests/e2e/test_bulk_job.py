@@ -172,6 +172,22 @@ def test_rejected_file_goes_to_rejected_with_its_errors(bulk: Bulk) -> None:
     assert bulk.records(file_id) == {} and bulk.progress(file_id)["State"] == "Rejected"
 
 
+def test_file_that_names_a_guest_twice_is_rejected_with_the_repeat(bulk_without_worker: Bulk) -> None:
+    """The second reading finds the repeat: its line in the errors, the row marked rejected in the report."""
+    adele, lee = "5e0c1d2a-0001-4a5b-9c3d-000000000001", "5e0c1d2a-0008-4a5b-9c3d-000000000008"
+    data = f"userId,ticketId\n{adele},T-1\n{lee},T-2\n{adele.upper()},T-3\n".encode()
+    bulk_without_worker.drop("twice.csv", data)
+    bulk_without_worker.run_job()
+    names = bulk_without_worker.names()
+    assert {"rejected/twice.csv", "rejected/twice.csv.errors.csv", "reports/twice.csv.report.csv"} <= set(names)
+    [error] = bulk_without_worker.csv_rows("rejected/twice.csv.errors.csv")
+    assert (error["line"], error["column"], error["field"], error["row"]) == ("4", "1", "userId", "3")
+    assert "the same user as line 2" in error["message"]
+    report = bulk_without_worker.csv_rows("reports/twice.csv.report.csv")
+    assert [(r["row"], r["result"]) for r in report] == [("1", "notSent"), ("2", "notSent"), ("3", "rejected")]
+    assert bulk_without_worker.progress(file_id_of(data))["State"] == "Rejected"
+
+
 def test_crashed_run_resumes_without_sending_any_row_twice(bulk_without_worker: Bulk) -> None:
     """Progress left mid-file by a dead run: the job sends only what is missing, once, and finishes the file.
 

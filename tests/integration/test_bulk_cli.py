@@ -153,6 +153,17 @@ async def test_invalid_file_sends_nothing_and_lists_every_problem(app: App, tmp_
     assert code == 1 and "line 4, column 2 (newEmail)" in text and "nothing was sent" in text
 
 
+async def test_a_file_that_names_a_guest_twice_sends_nothing(app: App, tmp_path: Path) -> None:
+    """Two rows for one guest would reset them twice: exit 1, the repeat's line, nothing queued."""
+    path = tmp_path / "twice.csv"
+    path.write_text(f"userId,newEmail\n{ADELE},a@x.example\n{LEE},\n{ADELE},b@x.example\n", encoding="utf-8")
+    code, body, _ = await run("submit", str(path), "--json")
+    assert code == 1 and body["valid"] is False and body["sent"] == 0
+    assert [(p["line"], p["column"], p["field"]) for p in body["problems"]] == [(4, 1, "userId")]
+    assert "the same user as line 2" in body["problems"][0]["message"]
+    assert await queued(app) == []
+
+
 async def test_interrupted_submission_resumes_at_the_unfinished_chunk(app: App, tmp_path: Path) -> None:
     """With progress left at a chunk boundary, a resubmit sends only the rows after it."""
     path = csv_of([guest_id(i) for i in range(CHUNK_ROWS + 40)], tmp_path / "big.csv")

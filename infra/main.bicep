@@ -16,8 +16,11 @@ param environmentName string
 })
 param location string
 
-@description('Object id of the user or pipeline running azd. When set, it may send requests to the request queue and read the results queue and status table (for the first dry run). Leave empty in production.')
+@description('Object id of the user or pipeline running azd. When set, it may send requests to the request queue and read the results queue and status table (for the first dry run), and upload bulk CSV files. Leave empty in production.')
 param principalId string = ''
+
+@description('Object id of a user or group (the identity team) who may upload bulk CSV files into bulk-resets/incoming/ and read the reports; empty = only the deployer.')
+param bulkUploaderPrincipalId string = ''
 
 // Optional name overrides; empty means abbreviation + resource token.
 param resourceGroupName string = ''
@@ -204,6 +207,8 @@ module rbac 'app/rbac.bicep' = {
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     identityPrincipalId: identity.outputs.principalId
     userPrincipalId: principalId
+    bulkContainerName: bulkContainerName
+    bulkUploaderPrincipalId: bulkUploaderPrincipalId
   }
 }
 

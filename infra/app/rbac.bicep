@@ -8,8 +8,14 @@ param applicationInsightsName string
 @description('Object id of the function app\'s user-assigned identity.')
 param identityPrincipalId string
 
-@description('Object id of the deployer; empty assigns nothing. Gets queue and table data access only, for the first dry run.')
+@description('Object id of the deployer; empty assigns nothing. Gets queue and table data access for the first dry run, and blob data access on the bulk container.')
 param userPrincipalId string = ''
+
+@description('Name of the container the bulk job reads CSV files from.')
+param bulkContainerName string
+
+@description('Object id of a user or group (the identity team) who may upload bulk CSV files; empty assigns nothing. Gets blob data access on the bulk container only.')
+param bulkUploaderPrincipalId string = ''
 
 // Built-in role definition ids (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles)
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner
@@ -23,6 +29,16 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
 
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: applicationInsightsName
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
+  parent: storage
+  name: 'default'
+}
+
+resource bulkContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: bulkContainerName
 }
 
 // Host storage (AzureWebJobsStorage), the deployment package container and bulk-resets.
@@ -86,5 +102,27 @@ resource userTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
     principalId: userPrincipalId
+  }
+}
+
+// Uploading bulk CSV files into bulk-resets/incoming/ and reading the reports: the deployer, and the
+// identity team if a principal is given. Storage Blob Data Owner (one of the four roles the app
+// needs anyway) scoped to this one container: on an account without hierarchical namespace it
+// grants no more there than Blob Data Contributor would, and nothing on any other container.
+resource userBulkBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
+  name: guid(bulkContainer.id, userPrincipalId, storageBlobDataOwnerRoleId)
+  scope: bulkContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwnerRoleId)
+    principalId: userPrincipalId
+  }
+}
+
+resource uploaderBulkBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(bulkUploaderPrincipalId) && bulkUploaderPrincipalId != userPrincipalId) {
+  name: guid(bulkContainer.id, bulkUploaderPrincipalId, storageBlobDataOwnerRoleId)
+  scope: bulkContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwnerRoleId)
+    principalId: bulkUploaderPrincipalId
   }
 }

@@ -456,12 +456,38 @@ def test_role_assignment_names_are_deterministic_guids() -> None:
 
 
 def test_role_assignments_are_scoped_to_single_resources() -> None:
-    """Each role assignment is scoped to the storage account or App Insights, never wider."""
+    """Each role assignment is scoped to the storage account, one container or App Insights, never wider."""
     for path, name, res in all_role_assignments():
         scope = body(res).get("scope")
         resource = tree(path)["resources"].get(scope) if isinstance(scope, str) else None
         assert resource is not None, f"{name} in {path.name} has no resource scope"
-        assert resource["type"] in {"Microsoft.Storage/storageAccounts", "Microsoft.Insights/components"}
+        assert resource["type"] in {
+            "Microsoft.Storage/storageAccounts", "Microsoft.Storage/storageAccounts/blobServices/containers",
+            "Microsoft.Insights/components",
+        }  # fmt: skip
+
+
+def test_people_get_blob_access_only_on_the_bulk_container() -> None:
+    """The deployer and the optional uploader group may upload CSV files: blob data on bulk-resets only."""
+    resources = tree(RBAC)["resources"]
+    container = resources["bulkContainer"]
+    assert container["existing"] and body(container)["name"] == "bulkContainerName"
+    blob_owner = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+    people: dict[str, Any] = {}
+    for name, res in resources_of(RBAC, "Microsoft.Authorization/roleAssignments").items():
+        principal = body(res)["properties"]["principalId"]
+        if principal == "identityPrincipalId":
+            continue
+        assert condition(res) is not None, f"{name}: an assignment to a person must be optional"
+        if role_id_of(RBAC, res) == blob_owner:
+            assert body(res)["scope"] == "bulkContainer", f"{name}: blob access for people only on the bulk container"
+            people[principal] = res
+    assert set(people) == {"userPrincipalId", "bulkUploaderPrincipalId"}
+    same_principal_guard = "bulkUploaderPrincipalId != userPrincipalId"  # no two assignments with one name
+    assert same_principal_guard in code(RBAC)
+    rbac = tree(MAIN)["modules"]["rbac"]
+    assert body(rbac)["params"]["bulkContainerName"] == "bulkContainerName"
+    assert body(rbac)["params"]["bulkUploaderPrincipalId"] == "bulkUploaderPrincipalId"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -337,6 +338,22 @@ def test_reset_with_other_mails_address_updates_user_state(
     assert stored["externalUserStateChangeDateTime"].endswith("Z")
     assert stored["externalUserStateChangeDateTime"] > "2024-03-01T10:00:00Z"
     assert stored["_invitationCount"] == 1
+
+
+def test_stale_reads_show_the_user_as_before_the_invitation(emulator: EmulatorHandle, graph: httpx.Client) -> None:
+    """Replication lag: the next reads (by id or UPN) still show the old state, then the new one."""
+    before = graph.get(f"/users/{ADELE}?$select=externalUserState").json()["externalUserState"]
+    assert before != "PendingAcceptance"
+    emulator.control.set_stale_reads(2)
+    assert graph.post("/invitations", json=reset_body()).status_code == 201
+    select = "?$select=externalUserState"
+    assert graph.get(f"/users/{ADELE}{select}").json()["externalUserState"] == before
+    assert graph.get(f"/users/{quote(ADELE_UPN)}{select}").json()["externalUserState"] == before
+    assert graph.get(f"/users/{ADELE}{select}").json()["externalUserState"] == "PendingAcceptance"
+    assert emulator.control.user(ADELE)["externalUserState"] == "PendingAcceptance"
+    emulator.control.reset()  # switches the lag off again
+    assert graph.post("/invitations", json=reset_body()).status_code == 201
+    assert graph.get(f"/users/{ADELE}{select}").json()["externalUserState"] == "PendingAcceptance"
 
 
 def test_internal_member_is_not_special_cased(graph: httpx.Client) -> None:

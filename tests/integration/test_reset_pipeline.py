@@ -28,6 +28,23 @@ async def test_reset_by_id_sends_one_invitation_and_records_success(app: App) ->
     assert app.poison() == []
 
 
+async def test_accepted_reset_that_does_not_read_back_yet_is_recorded_unverified(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Graph accepted the invitation but replication lags: Succeeded, verified false, a warning, no resend."""
+    app.graph.set_stale_reads(1)
+    with caplog.at_level(logging.WARNING, logger="guest_reset"):
+        await app.deliver({"userId": ADELE, "requestId": "lagging"})
+    record = await app.status("lagging")
+    assert record is not None and record.status is Status.SUCCEEDED
+    assert record.verified is False and record.invitation_id
+    assert len(app.graph.invitations()) == 1
+    assert any("reads back as" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    [result] = app.results()
+    assert result["status"] == "Succeeded" and result["verified"] is False
+    assert app.poison() == []
+
+
 async def test_emulator_gets_a_placeholder_token_never_a_real_one(app: App) -> None:
     """Safety rule 3: a loopback Graph URL gets the placeholder token."""
     await app.deliver({"userId": ADELE})

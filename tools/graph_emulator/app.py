@@ -55,6 +55,7 @@ class EmulatorState:
         self.chaos.configure({})
         self.budget.configure(None)
         self.latency_ms = 0.0
+        self.directory.stale_reads = 0
 
 
 STATE_KEY = web.AppKey("emulator_state", EmulatorState)
@@ -350,6 +351,14 @@ def _set_latency(state: EmulatorState, body: Any, _: web.Request) -> JsonDict:
     return {"ms": state.latency_ms}
 
 
+def _set_stale_reads(state: EmulatorState, body: Any, _: web.Request) -> JsonDict:
+    count = (body or {}).get("count", 0) if isinstance(body, dict) or body is None else body
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError("count must be a non-negative integer")
+    state.directory.stale_reads = count
+    return {"count": count}
+
+
 def _set_write_budget(state: EmulatorState, body: Any, _: web.Request) -> JsonDict | None:
     state.budget.configure(body)
     return state.budget.settings
@@ -418,6 +427,7 @@ def _add_control_routes(app: web.Application) -> None:
     r.add_get("/_emulator/chaos", _control(lambda s, _b, _r: s.chaos.settings))
     r.add_post("/_emulator/chaos", _control(_set_chaos))
     r.add_post("/_emulator/latency", _control(_set_latency))
+    r.add_post("/_emulator/stale-reads", _control(_set_stale_reads))
     r.add_post("/_emulator/write-budget", _control(_set_write_budget))
     r.add_get("/_emulator/journal", _control(_get_journal))
     r.add_delete("/_emulator/journal", _control(_clear_journal))

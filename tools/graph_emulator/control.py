@@ -102,6 +102,11 @@ class EmulatorControl:
         """Delay every Graph request by ``ms`` milliseconds (0 = off)."""
         self._call("POST", "/latency", json={"ms": ms})
 
+    def set_stale_reads(self, count: int) -> None:
+        """Replication lag: after each reset invitation, the next ``count`` reads of that user
+        (by id or UPN) return it as it was before the invitation."""
+        self._call("POST", "/stale-reads", json={"count": count})
+
     def set_write_budget(self, per_second: float | None, burst: float | None = None,
                          retry_after: str | float | None = None) -> None:
         """Token bucket over Graph writes; ``per_second=None`` switches it off."""

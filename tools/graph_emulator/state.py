@@ -296,6 +296,10 @@ class Directory:
         self._next_order = 0
         self._index: dict[str, dict[str, set[str]]] = {}
         self._known: dict[str, str] = {}
+        # Replication lag (Graph is eventually consistent): after a reset invitation, this many
+        # reads of the user by id or UPN still return the user as it was before the invitation.
+        self.stale_reads = 0
+        self._stale: dict[str, tuple[JsonDict, int]] = {}
         self.replace_all(users)
 
     # emulator control -------------------------------------------------------------------
@@ -304,6 +308,7 @@ class Directory:
         """Drop every user and load ``users`` (fixture order is kept for list results)."""
         self._users.clear()
         self._order.clear()
+        self._stale.clear()
         self._index = {p: {} for p in SCALAR_FILTERABLE + COLLECTION_FILTERABLE}
         self._index["_smtp"] = {}
         self._known = {p.lower(): p for p in STANDARD_PROPERTIES}
@@ -351,8 +356,15 @@ class Directory:
     # Graph operations -------------------------------------------------------------------
 
     def get_user(self, key: str, select: str | None) -> JsonDict:
-        """``GET /users/{id|upn}``: the projected user or 404."""
-        return self._project(self._require(key), self._select(select))
+        """``GET /users/{id|upn}``: the projected user or 404 (a stale copy while one is due)."""
+        user = self._require(key)
+        stale = self._stale.pop(user["id"].lower(), None)
+        if stale is not None:
+            before, reads_left = stale
+            if reads_left > 1:
+                self._stale[user["id"].lower()] = (before, reads_left - 1)
+            user = before
+        return self._project(user, self._select(select))
 
     def list_users(self, *, filter_text: str | None, select: str | None, eventual: bool,
                    count: bool) -> list[JsonDict]:
@@ -460,6 +472,8 @@ class Directory:
                              "Insufficient privileges to complete the operation.")
         now = utc_now_iso()
         invitation_id = str(uuid.uuid4())
+        if self.stale_reads > 0:
+            self._stale[user_id.lower()] = (copy.deepcopy(user), self.stale_reads)
         user["externalUserState"] = "PendingAcceptance"
         user["externalUserStateChangeDateTime"] = now
         user["_invitationCount"] = int(user.get("_invitationCount") or 0) + 1

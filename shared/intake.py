@@ -123,7 +123,7 @@ def validate_submission(
 
 async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str) -> Receipt:
     text = canonical_json(request, requestId=request_id)
-    record = StatusRecord.for_request(request, request_id, Status.ACCEPTED)
+    record = StatusRecord.for_request(request, request_id, Status.ACCEPTED, message=text)
     created = await runtime.status.create(replace(record, history=record.with_event("accepted")))
     if created is None:
         existing = await runtime.status.get(request_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
@@ -88,8 +88,12 @@ class StatusRecord:
     etag: str | None = field(default=None, compare=False)
 
     @classmethod
-    def for_request(cls, request: ResetRequest, request_id: str, status: Status, **fields: Any) -> StatusRecord:
-        """A new record describing ``request`` (audit fields, masked email, the request kept for replay)."""
+    def for_request(cls, request: ResetRequest, request_id: str, status: Status, *, message: str | None = None,
+                    **fields: Any) -> StatusRecord:  # fmt: skip
+        """A new record describing ``request`` (audit fields, masked email, the request kept for replay).
+
+        ``message`` is the request's queue message when the caller has built it already.
+        """
         now = utcnow()
         return cls(
             request_id=request_id,
@@ -104,7 +108,7 @@ class StatusRecord:
             dry_run=request.dry_run,
             callback_url=request.callback_url,
             send_invitation_message=request.send_invitation_message,
-            request_json=stored_request(canonical_json(request, requestId=request_id)),
+            request_json=stored_request(message or canonical_json(request, requestId=request_id)),
             **fields,
         )
 
@@ -137,13 +141,14 @@ def _pascal(name: str) -> str:
 
 
 _DATETIMES = {f.name for f in fields(StatusRecord) if "datetime" in str(f.type)}
+# Stored fields and their entity property names, worked out once (this runs for every write).
+_STORED = tuple((f.name, _pascal(f.name)) for f in fields(StatusRecord) if f.name not in {"request_id", "etag"})
 
 
 def _to_entity(record: StatusRecord) -> dict[str, Any]:
     entity: dict[str, Any] = {"PartitionKey": record.request_id, "RowKey": ROW_KEY}
-    for name, value in asdict(record).items():
-        if name in {"request_id", "etag"}:
-            continue
+    for name, key in _STORED:
+        value = getattr(record, name)
         if name in _DATETIMES:
             value = iso_time(value)
         elif name == "history":
@@ -151,7 +156,7 @@ def _to_entity(record: StatusRecord) -> dict[str, Any]:
         elif name == "status":
             value = str(value)
         if value is not None:
-            entity[_pascal(name)] = value
+            entity[key] = value
     return entity
 
 

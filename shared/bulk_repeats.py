@@ -36,7 +36,8 @@ def user_key(request: ResetRequest) -> tuple[str, str]:
     return "email", (request.email or "").casefold()
 
 
-def _key(request: ResetRequest) -> str:
+def repeat_key(request: ResetRequest) -> str:
+    """The text two rows (or batch items) share when they name the same user."""
     column, value = user_key(request)
     return f"{column}\0{value}"
 
@@ -54,7 +55,7 @@ class RepeatSieve:
         self.candidates: set[str] = set()
 
     def add(self, request: ResetRequest) -> None:
-        key = _key(request)
+        key = repeat_key(request)
         first, second, mask, bits = hash(key), hash((key,)), _MASK, self._bits
         # Four bit positions (written out: this runs for every row of every file validated).
         a, b, c, d = first & mask, (first >> 32) & mask, second & mask, (second >> 32) & mask
@@ -81,7 +82,7 @@ class RepeatCheck:
 
     def repeat(self, request: ResetRequest, line: int) -> tuple[str, int] | None:
         """(the column naming the user, the line that named them first) when this row repeats a user."""
-        key = _key(request)
+        key = repeat_key(request)
         if key not in self._candidates:
             return None
         first = self._first_line.setdefault(key, line)

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.bulk_repeats import repeat_key, user_key
 from shared.callbacks import callback_allowed
 from shared.contract import (
     MAX_MESSAGE_BYTES,
@@ -87,6 +88,7 @@ def validate_submission(
     problems: list[dict[str, Any]] = []
     accepted: list[tuple[ResetRequest, str]] = []
     seen: set[str] = set()
+    users: dict[str, int] = {}
     for index, item in enumerate(items):
         prefix = f"requests[{index}]." if batch else ""
         where: dict[str, Any] = {"index": index} if batch else {}
@@ -111,6 +113,11 @@ def validate_submission(
         if request_id in seen:
             problems.append({**where, "field": prefix + "requestId", "message": "appears twice in this batch"})
         seen.add(request_id)
+        # One reset per guest per batch, as in a bulk file (shared.bulk_repeats says why).
+        first = users.setdefault(repeat_key(request), index)
+        if first != index:
+            message = f"the same user as requests[{first}]: a batch may reset each guest once"
+            problems.append({**where, "field": prefix + user_key(request)[0], "message": message})
         if caller is not None and not request.requested_by:
             request = request.model_copy(update={"requested_by": caller.label[:256]})
         accepted.append((request, request_id))

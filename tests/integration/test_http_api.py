@@ -109,6 +109,18 @@ async def test_batch_is_all_or_nothing(app: App) -> None:
     assert queued(app) == []
 
 
+async def test_batch_that_names_a_guest_twice_is_refused(app: App) -> None:
+    """The same user twice in one batch (any case, different requestIds): 400 naming both, nothing enqueued."""
+    response = await submit({"requests": [
+        {"userId": ADELE, "requestId": "a"}, {"userId": LEE}, {"userId": ADELE.upper(), "newEmail": "x@new.example"},
+    ]})  # fmt: skip
+    assert response.status_code == 400
+    [error] = body_of(response)["errors"]
+    assert (error["index"], error["field"]) == (2, "requests[2].userId")
+    assert "the same user as requests[0]" in error["message"]
+    assert queued(app) == []
+
+
 async def test_valid_batch_is_enqueued(app: App) -> None:
     response = await submit({"requests": [{"userId": ADELE}, {"userId": LEE, "dryRun": True}]},
                             headers={"Idempotency-Key": "batch-7"})  # fmt: skip

@@ -10,9 +10,10 @@ row's user key goes into a fixed-size Bloom filter (``SIEVE_BITS`` bits, 1 MiB);
 filter may have seen before is kept as a candidate. Only when there are candidates does a
 second pass over the file (``RepeatCheck``) find, for each candidate key, the line that named
 it first, and turn the real repeats into problems; false candidates are cleared there. A file
-without repeats (nearly every file) is read once: with 100,000 rows the filter gives a false
-candidate with odds of about one in ten million per row, with 1,000,000 rows about 2% of rows
-are candidates and the second pass clears them.
+without repeats is read once unless the filter errs (4 bits of 8,388,608 per key): with 10,000
+rows a false candidate turns up in about one file in a million, with 100,000 rows in about one
+file in eleven, with 1,000,000 rows about 5,000 rows are candidates; each time the second pass
+clears them, at the cost of reading the file once more.
 
 Users are compared by the key the row names them with (a userId case-insensitively, a UPN or an
 email address case-folded): the same guest named by userId on one row and by UPN on another is

@@ -31,6 +31,7 @@ from shared.bulk_repeats import RepeatCheck
 from shared.errors import ResetError, TransientError
 from shared.masking import app_logger
 from shared.runtime import Runtime, get_runtime
+from shared.spreadsheet import safe_cell
 
 if TYPE_CHECKING:
     from azure.storage.blob.aio import BlobClient, ContainerClient
@@ -70,7 +71,7 @@ class _CsvSpool:
         self.write(columns)
 
     def write(self, values: tuple[Any, ...] | list[Any]) -> None:
-        self._writer.writerow(values)
+        self._writer.writerow([safe_cell(value) for value in values])
         self.file.write(self._line.getvalue().encode("utf-8"))
         self._line.seek(0)
         self._line.truncate()

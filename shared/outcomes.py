@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from shared.api_client import ApiClient
+from shared.spreadsheet import safe_cell
 from shared.status import ROW_KEY, Status, StatusRecord, StatusStore
 
 QUEUED = "Queued"
@@ -129,14 +130,6 @@ def _table_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value
-
-
 async def export_report(store: StatusStore, out: TextIO, *, since: datetime, until: datetime | None = None) -> int:
     """Write every outcome updated in [since, until) as CSV (public fields only); returns the row count.
 
@@ -153,6 +146,6 @@ async def export_report(store: StatusStore, out: TextIO, *, since: datetime, unt
     count = 0
     async for record in store.scan(" and ".join(clauses), params):
         public = record.public()
-        writer.writerow([_cell(public.get(column)) for column in REPORT_COLUMNS])
+        writer.writerow([safe_cell(public.get(column)) for column in REPORT_COLUMNS])
         count += 1
     return count

@@ -188,6 +188,16 @@ def test_file_that_names_a_guest_twice_is_rejected_with_the_repeat(bulk_without_
     assert bulk_without_worker.progress(file_id_of(data))["State"] == "Rejected"
 
 
+def test_error_list_cells_never_run_as_spreadsheet_formulas(bulk_without_worker: Bulk) -> None:
+    """A column named like a formula is refused, and rejected/*.errors.csv shows its name as text."""
+    bulk_without_worker.drop("formula.csv", b'userId,"=HYPERLINK(""http://x.example"")"\n'
+                                            b"5e0c1d2a-0001-4a5b-9c3d-000000000001,1\n")  # fmt: skip
+    bulk_without_worker.run_job()
+    [error] = bulk_without_worker.csv_rows("rejected/formula.csv.errors.csv")
+    assert (error["line"], error["column"]) == ("1", "2")
+    assert error["field"] == '\'=HYPERLINK("http://x.example")'
+
+
 def test_crashed_run_resumes_without_sending_any_row_twice(bulk_without_worker: Bulk) -> None:
     """Progress left mid-file by a dead run: the job sends only what is missing, once, and finishes the file.
 

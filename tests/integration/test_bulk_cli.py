@@ -240,6 +240,19 @@ async def test_report_exports_outcomes_without_progress_entities(app: App, sampl
     assert code == 2 and "is not a time" in err
 
 
+async def test_report_cells_never_run_as_spreadsheet_formulas(app: App, tmp_path: Path) -> None:
+    """A ticket id or requester from a file that looks like a formula is written as text."""
+    path = tmp_path / "formulas.csv"
+    path.write_text(f'userId,ticketId,requestedBy\n{ADELE},=1+1,"@SUM(A1:A2)"\n{LEE},INC-7,ops\n', encoding="utf-8")
+    assert (await run("submit", str(path), "--json"))[0] == 0
+    await process_queue(app)
+    output = tmp_path / "outcomes.csv"
+    assert (await run("report", "--since", "10m", "--output", str(output), "--json"))[0] == 0
+    rows = {r["ticketId"]: r for r in csv.DictReader(output.open(encoding="utf-8"))}
+    assert rows["'=1+1"]["requestedBy"] == "'@SUM(A1:A2)"
+    assert rows["INC-7"]["requestedBy"] == "ops"
+
+
 async def test_poison_list_and_replay_are_the_admin_endpoints(app: App) -> None:
     """poison list shows the failed request; replay needs a filter and moves it back to the queue."""
     await app.deliver({"userId": MEGAN, "requestId": "cli-member"})

@@ -6,15 +6,23 @@ Per file: a validation pass streams the blob; a file with any invalid row is rej
 streamed a second time and sent through ``bulk_enqueue`` (resumable, sends nothing twice),
 then moved to ``processed/<name>``. Either way ``reports/<name>.report.csv`` lists every row.
 The source is deleted last, so a run that dies half-way simply does the file again next time.
+
+While a run works on a file it holds a lease on the source blob (``LEASE_SECONDS``, renewed as it
+goes): a second run at the same time (the timer's own runs never overlap, but an admin may start
+one by hand) leaves that file alone, and a run that dies lets its lease lapse, so the next run
+resumes the file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -34,7 +42,7 @@ from shared.runtime import Runtime, get_runtime
 from shared.spreadsheet import safe_cell
 
 if TYPE_CHECKING:
-    from azure.storage.blob.aio import BlobClient, ContainerClient
+    from azure.storage.blob.aio import BlobClient, BlobLeaseClient, ContainerClient
 
 log = app_logger()
 
@@ -42,6 +50,8 @@ INCOMING, PROCESSED, REJECTED, REPORTS = "incoming/", "processed/", "rejected/",
 REPORT_COLUMNS = ("row", "line", "requestId", "result", "errors")
 ERROR_COLUMNS = ("line", "column", "field", "row", "message")
 _SPOOL_BYTES = 4 * 1024 * 1024  # reports stay in memory up to this size, then go to a temp file
+LEASE_SECONDS = 60  # a blob lease lasts 15-60 s
+RENEW_SECONDS = LEASE_SECONDS / 3  # renewed this often while the file is worked on
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ class FileOutcome:
     """What the job did with one file."""
 
     name: str
-    result: str  # processed | rejected | failed
+    result: str  # processed | rejected | failed | busy (another run holds the file)
     rows: int = 0
     sent: int = 0
     problems: int = 0
@@ -109,9 +119,9 @@ async def run_bulk_job() -> list[FileOutcome]:
             outcome = await process_file(runtime, container, blob_name)
             outcomes.append(outcome)
     failed = [o for o in outcomes if o.result == "failed"]
-    log.info("bulk job: %d file(s), %d processed, %d rejected, %d failed", len(outcomes),
-             sum(o.result == "processed" for o in outcomes), sum(o.result == "rejected" for o in outcomes),
-             len(failed))  # fmt: skip
+    counts = Counter(o.result for o in outcomes)
+    log.info("bulk job: %d file(s), %d processed, %d rejected, %d failed, %d busy in another run", len(outcomes),
+             counts["processed"], counts["rejected"], len(failed), counts["busy"])  # fmt: skip
     if failed:
         # The invocation shows as failed; the files stay in incoming/ and the next run resumes them.
         raise TransientError(
@@ -127,7 +137,11 @@ async def process_file(runtime: Runtime, container: ContainerClient, blob_name: 
 
     name = blob_name.removeprefix(INCOMING)
     try:
-        return await _process(runtime, container, blob_name, name)
+        async with _file_lease(container.get_blob_client(blob_name)) as lease:
+            if lease is None:
+                log.info("bulk file %s is being processed by another run; left to it", name)
+                return FileOutcome(name, "busy")
+            return await _process(runtime, container, blob_name, name, lease)
     except ResetError as error:
         log.warning("bulk file %s not finished: %s", name, error.message)
         return FileOutcome(name, "failed", error=error.message)
@@ -135,6 +149,39 @@ async def process_file(runtime: Runtime, container: ContainerClient, blob_name: 
         failure = storage_failure(f"processing {name}", error)
         log.warning("bulk file %s not finished: %s", name, failure.message)
         return FileOutcome(name, "failed", error=failure.message)
+
+
+@asynccontextmanager
+async def _file_lease(blob: BlobClient) -> AsyncIterator[BlobLeaseClient | None]:
+    """A lease on the source file for as long as the block runs; None when another run holds one."""
+    from azure.core.exceptions import AzureError, HttpResponseError
+
+    try:
+        lease = await blob.acquire_lease(lease_duration=LEASE_SECONDS)
+    except HttpResponseError as error:
+        if error.status_code != 409:  # 409 LeaseAlreadyPresent: another run has the file
+            raise
+        yield None
+        return
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)
+            try:
+                await lease.renew()
+            except AzureError as error:  # the file may be done and gone; else another run may take it over
+                log.warning("bulk file lease not renewed: %s", type(error).__name__)
+                return
+
+    renewing = asyncio.create_task(renew())
+    try:
+        yield lease
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
+        with contextlib.suppress(AzureError):  # gone with the moved file, or already lapsed
+            await lease.release()
 
 
 async def _chunks(blob: BlobClient, etag: str) -> AsyncIterator[bytes]:
@@ -173,7 +220,8 @@ async def _validate(blob: BlobClient, etag: str, reader: BulkCsvReader, errors: 
     return reader
 
 
-async def _process(runtime: Runtime, container: ContainerClient, blob_name: str, name: str) -> FileOutcome:
+async def _process(runtime: Runtime, container: ContainerClient, blob_name: str, name: str,
+                   lease: BlobLeaseClient) -> FileOutcome:  # fmt: skip
     settings = runtime.settings
     blob = container.get_blob_client(blob_name)
     properties = await blob.get_blob_properties()
@@ -181,7 +229,7 @@ async def _process(runtime: Runtime, container: ContainerClient, blob_name: str,
     source = f"bulk:{name}"[:256]
     if not name.lower().endswith(".csv"):
         problem = CsvProblem(1, 1, "only .csv files are processed: save the file as 'CSV UTF-8' with a .csv name")
-        return await _reject(runtime, container, blob, name, etag, "", 0, [problem], None)
+        return await _reject(runtime, container, blob, lease, name, etag, "", 0, [problem], None)
 
     # Pass 1: validate everything, keep only the problems and a report for the rejection case.
     # When a user may be named twice, the file is read again to find the repeats (bulk_repeats);
@@ -202,7 +250,7 @@ async def _process(runtime: Runtime, container: ContainerClient, blob_name: str,
         if not summary.valid:
             await record_rejection(runtime.status, sha256=summary.sha256, file_name=name, rows=summary.rows,
                                    problems=summary.problem_count)  # fmt: skip
-            return await _reject(runtime, container, blob, name, etag, summary.sha256, summary.rows,
+            return await _reject(runtime, container, blob, lease, name, etag, summary.sha256, summary.rows,
                                  summary.problems, (errors, rejection), summary.problem_count)  # fmt: skip
     finally:
         errors.close()
@@ -233,7 +281,7 @@ async def _process(runtime: Runtime, container: ContainerClient, blob_name: str,
         report_name = await _upload(container, REPORTS, f"{name}.report.csv", summary.sha256, report)
     finally:
         report.close()
-    await _move(container, blob, etag, PROCESSED, name, summary.sha256)
+    await _move(container, blob, lease, etag, PROCESSED, name, summary.sha256)
     log.info("bulk file %s processed: %d rows, %d sent now", name, summary.rows, sent)
     return FileOutcome(name, "processed", rows=summary.rows, sent=sent, report=report_name)
 
@@ -242,6 +290,7 @@ async def _reject(
     runtime: Runtime,
     container: ContainerClient,
     blob: BlobClient,
+    lease: BlobLeaseClient,
     name: str,
     etag: str,
     sha256: str,
@@ -259,7 +308,7 @@ async def _reject(
         errors, report = spools
     await _upload(container, REJECTED, f"{name}.errors.csv", sha256, errors)
     report_name = await _upload(container, REPORTS, f"{name}.report.csv", sha256, report) if report else None
-    await _move(container, blob, etag, REJECTED, name, sha256)
+    await _move(container, blob, lease, etag, REJECTED, name, sha256)
     count = problem_count if problem_count is not None else len(problems)
     log.warning("bulk file %s rejected: %d problem(s), first: %s", name, count, problems[0] if problems else "-")
     return FileOutcome(name, "rejected", rows=rows, problems=count, report=report_name,
@@ -288,7 +337,8 @@ async def _upload(container: ContainerClient, folder: str, name: str, sha256: st
     return target
 
 
-async def _move(container: ContainerClient, blob: BlobClient, etag: str, folder: str, name: str, sha256: str) -> None:
+async def _move(container: ContainerClient, blob: BlobClient, lease: BlobLeaseClient, etag: str, folder: str,
+                name: str, sha256: str) -> None:  # fmt: skip
     """Copy by streaming (works the same with keys and with managed identity), then delete the source."""
     from azure.core import MatchConditions
     from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
@@ -296,6 +346,6 @@ async def _move(container: ContainerClient, blob: BlobClient, etag: str, folder:
     target = await _target(container, folder, name, sha256)
     await container.upload_blob(target, _chunks(blob, etag), overwrite=True, metadata={"sourcesha256": sha256})
     try:
-        await blob.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+        await blob.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified, lease=lease)
     except (ResourceModifiedError, ResourceNotFoundError):
         log.warning("bulk file %s changed after it was processed; the new content is taken up next run", name)

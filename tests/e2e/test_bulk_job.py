@@ -198,6 +198,25 @@ def test_error_list_cells_never_run_as_spreadsheet_formulas(bulk_without_worker:
     assert error["field"] == '\'=HYPERLINK("http://x.example")'
 
 
+def test_file_held_by_another_run_is_left_to_it(bulk_without_worker: Bulk) -> None:
+    """A run that finds the source leased (another run is on it) sends nothing; once free, the file is done."""
+    data = b"userId,ticketId\n5e0c1d2a-0001-4a5b-9c3d-000000000001,T-1\n5e0c1d2a-0008-4a5b-9c3d-000000000008,T-2\n"
+    bulk_without_worker.drop("held.csv", data)
+    other_run = bulk_without_worker.container.get_blob_client("incoming/held.csv").acquire_lease(lease_duration=60)
+    bulk_without_worker.run_job()
+    assert "incoming/held.csv" in bulk_without_worker.names()
+    assert not any(name.startswith(("reports/held", "processed/held")) for name in bulk_without_worker.names())
+    assert bulk_without_worker.queued_request_ids() == Counter()
+    assert "held.csv is being processed by another run" in bulk_without_worker.host.log_text()
+    other_run.release()
+    bulk_without_worker.run_job()
+    names = bulk_without_worker.names()
+    assert "processed/held.csv" in names and "incoming/held.csv" not in names
+    file_id = file_id_of(data)
+    assert bulk_without_worker.queued_request_ids() == Counter({request_id_for(file_id, 1): 1,
+                                                               request_id_for(file_id, 2): 1})  # fmt: skip
+
+
 def test_crashed_run_resumes_without_sending_any_row_twice(bulk_without_worker: Bulk) -> None:
     """Progress left mid-file by a dead run: the job sends only what is missing, once, and finishes the file.
 

@@ -186,7 +186,7 @@ class BulkCsvReader:
         self._repeat_check = repeat_check
         self._defaults = {k: v[:256] for k, v in (("source", source), ("requestedBy", requested_by)) if v}
         self._validate_from = validate_from
-        self.on_problem = on_problem
+        self._on_problem = on_problem
         self._hash = hashlib.sha256()
         self._tail = b""  # bytes after the last newline seen
         self._started = False
@@ -476,8 +476,8 @@ class BulkCsvReader:
         self.problem_count += 1
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(problem)
-        if self.on_problem is not None:
-            self.on_problem(problem)
+        if self._on_problem is not None:
+            self._on_problem(problem)
 
     def _fatal_problem(self, line: int, column: int, message: str) -> None:
         self._problem(CsvProblem(line, column, message + " (reading stopped here)"))

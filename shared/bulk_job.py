@@ -200,9 +200,9 @@ async def _chunks(blob: BlobClient, etag: str) -> AsyncIterator[bytes]:
         raise storage_failure(f"reading {blob.blob_name}", error) from error
 
 
-async def _validate(blob: BlobClient, etag: str, reader: BulkCsvReader, errors: _CsvSpool,
-                    rejection: _CsvSpool) -> BulkCsvReader:  # fmt: skip
-    """Read the whole blob through ``reader``: problems to ``errors``, every row to ``rejection``."""
+async def _validate(blob: BlobClient, etag: str, errors: _CsvSpool, rejection: _CsvSpool,
+                    **options: Any) -> BulkCsvReader:  # fmt: skip
+    """Read the whole blob through a reader made with ``options``: problems to ``errors``, rows to ``rejection``."""
 
     def problem(p: CsvProblem) -> None:
         errors.write((p.line, p.column, p.field or "", p.row or "", p.message))
@@ -211,7 +211,7 @@ async def _validate(blob: BlobClient, etag: str, reader: BulkCsvReader, errors: 
         result = "rejected" if row.problems else "notSent"
         rejection.write((row.row, row.line, "", result, _problems_text(row) or "the file has invalid rows"))
 
-    reader.on_problem = problem
+    reader = BulkCsvReader(on_problem=problem, **options)
     async for chunk in _chunks(blob, etag):
         for row in reader.feed(chunk):
             note(row)
@@ -237,15 +237,14 @@ async def _process(runtime: Runtime, container: ContainerClient, blob_name: str,
     errors = _CsvSpool(ERROR_COLUMNS)
     rejection = _CsvSpool(REPORT_COLUMNS)
     try:
-        reader = await _validate(blob, etag, BulkCsvReader(settings=settings, source=source, find_repeats=True),
-                                 errors, rejection)  # fmt: skip
+        reader = await _validate(blob, etag, errors, rejection, settings=settings, source=source, find_repeats=True)
         if reader.repeat_candidates:
             errors.close()
             rejection.close()
             errors, rejection = _CsvSpool(ERROR_COLUMNS), _CsvSpool(REPORT_COLUMNS)
             check = RepeatCheck(reader.repeat_candidates)
-            reader = await _validate(blob, etag, BulkCsvReader(settings=settings, source=source, repeat_check=check),
-                                     errors, rejection)  # fmt: skip
+            reader = await _validate(blob, etag, errors, rejection, settings=settings, source=source,
+                                     repeat_check=check)  # fmt: skip
         summary = summary_of(reader)
         if not summary.valid:
             await record_rejection(runtime.status, sha256=summary.sha256, file_name=name, rows=summary.rows,

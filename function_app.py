@@ -2,9 +2,9 @@
 
 import azure.functions as func
 
-from shared import api
-from shared.bulk_job import run_bulk_job
-from shared.worker import handle_poison_message, handle_request_message
+from shared.api import handlers as api
+from shared.bulk.job import run_bulk_job
+from shared.reset.worker import handle_poison_message, handle_request_message
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # others get a 405 problem, not the host's 404

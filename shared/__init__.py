@@ -1,4 +1,5 @@
-"""Guest Redemption Reset: the domain code shared by the triggers, the CLI, the local runner and the tests.
+"""Guest Redemption Reset: the domain code the triggers call. Plain Python, no ``azure.functions``.
 
-Plain Python: nothing here imports ``azure.functions``.
+Four packages, imports pointing down only: ``api`` and ``bulk`` (callers' ways in) use ``reset``
+(the reset itself), which uses ``platform`` (settings, errors, logs, storage clients).
 """

@@ -6,8 +6,8 @@ import json
 import uuid
 from typing import Any
 
-from shared.graph import GuestUser
-from shared.settings import Settings, parse_settings
+from shared.platform.settings import Settings, parse_settings
+from shared.reset.graph import GuestUser
 
 GUEST_ID = "6a1b3c4d-0000-4000-8000-00000000a001"
 

@@ -19,7 +19,7 @@ from azure.storage.queue import QueueClient
 from rich.console import Console
 from rich.table import Table
 
-from shared.settings import DEFAULTS
+from shared.platform.settings import DEFAULTS
 from tools.azurite import running_azurite
 from tools.devhost import running_devhost
 from tools.graph_emulator.runner import running_emulator

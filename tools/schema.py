@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shared.contract import json_schema
-from shared.openapi import document
+from shared.api.openapi import document
+from shared.reset.contract import json_schema
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "shared" / "schemas"
-SCHEMA_PATH = SCHEMAS / "reset-request.v1.schema.json"
-OPENAPI_PATH = SCHEMAS / "openapi.v2.json"
+SHARED = Path(__file__).resolve().parent.parent / "shared"
+SCHEMA_PATH = SHARED / "reset" / "schemas" / "reset-request.v1.schema.json"
+OPENAPI_PATH = SHARED / "api" / "schemas" / "openapi.v2.json"
 # The connector file names a placeholder host: replace it with your function app's host on import.
 CONNECTOR_HOST = "your-function-app.azurewebsites.net"
 

@@ -22,8 +22,8 @@ from azure.data.tables import TableClient
 from azure.storage.blob import ContainerClient
 from azure.storage.queue import QueueClient
 
-from shared.bulk import request_id_for
-from shared.bulk_enqueue import CHUNK_ROWS
+from shared.bulk.enqueue import CHUNK_ROWS
+from shared.bulk.reader import request_id_for
 from tests.factories import isolated_env
 from tools.azurite import AzuriteEndpoints
 from tools.devhost import DevHostProcess, running_devhost

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.runtime import close_runtime, reset_runtime
-from shared.settings import get_settings, reset_settings
+from shared.platform.settings import get_settings, reset_settings
+from shared.reset.runtime import close_runtime, reset_runtime
 from tests.factories import isolated_env
 from tests.integration.support import App
 from tools.azurite import AzuriteEndpoints

@@ -9,9 +9,9 @@ from typing import Any
 
 from azure.storage.queue import QueueClient
 
-from shared.settings import Settings
-from shared.status import StatusRecord
-from shared.worker import handle_poison_message, handle_request_message
+from shared.platform.settings import Settings
+from shared.reset.status import StatusRecord
+from shared.reset.worker import handle_poison_message, handle_request_message
 from tools.graph_emulator.control import EmulatorControl
 
 ADELE = "5e0c1d2a-0001-4a5b-9c3d-000000000001"  # redeemed guest
@@ -36,7 +36,7 @@ class App:
                                      dequeue_count=dequeue_count)  # fmt: skip
 
     async def status(self, request_id: str) -> StatusRecord | None:
-        from shared.runtime import get_runtime
+        from shared.reset.runtime import get_runtime
 
         return await (await get_runtime()).status.get(request_id)
 

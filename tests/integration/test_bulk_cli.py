@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 from azure.storage.queue.aio import QueueClient
 
-from shared import cli, storage
-from shared.bulk_enqueue import CHUNK_ROWS, FileProgress, FileState, save_progress
-from shared.errors import TransientError
-from shared.queues import Publisher
-from shared.runtime import get_runtime
+from shared.bulk.enqueue import CHUNK_ROWS, FileProgress, FileState, save_progress
+from shared.platform import storage
+from shared.platform.errors import TransientError
+from shared.reset.queues import Publisher
+from shared.reset.runtime import get_runtime
 from tests.factories import isolated_env
 from tests.integration.support import ADELE, LEE, MEGAN, App
 from tools.azurite import AzuriteEndpoints
+from tools.cli import main as cli
 from tools.devhost import DevHostProcess, running_devhost
 from tools.graph_emulator.runner import EmulatorHandle
 
@@ -346,7 +347,7 @@ async def test_unreachable_storage_and_api_exit_3(
     monkeypatch.setenv("AzureWebJobsStorage", dead)
     code, body, _ = await run("status", "--request-id", "x", "--json")
     assert code == 3 and body["error"]["code"] == "StorageUnavailable"
-    monkeypatch.setattr("shared.api_client.RETRY_DELAYS", (0.01,))
+    monkeypatch.setattr("tools.cli.api_client.RETRY_DELAYS", (0.01,))
     code, body, _ = await run("submit", str(sample), "--api-url", "http://127.0.0.1:9", "--json",
                               "--receipt", str(tmp_path / "r.json"))  # fmt: skip
     assert code == 3 and body["error"]["code"] == "ApiUnavailable"

@@ -9,7 +9,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob.aio import ContainerClient
 
-from shared import bulk_job
+from shared.bulk import job as bulk_job
 from tools.azurite import AzuriteEndpoints
 
 

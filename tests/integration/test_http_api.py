@@ -19,7 +19,7 @@ from azure.storage.queue import QueueClient
 from openapi_spec_validator import validate
 
 import function_app
-from shared.settings import reset_settings
+from shared.platform.settings import reset_settings
 from tests.integration.support import ADELE, LEE, App
 
 BASE = "http://localhost:7071"
@@ -211,7 +211,7 @@ async def receiver(
     tls: tuple[ssl.SSLContext, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[str, list[dict[str, Any]], list[int]]]:
     """A local https callback receiver that fails its first call with 503."""
-    monkeypatch.setattr("shared.callbacks.TLS_VERIFY", tls[1])
+    monkeypatch.setattr("shared.reset.callbacks.TLS_VERIFY", tls[1])
     received: list[dict[str, Any]] = []
     answers = [503]
 
@@ -236,7 +236,7 @@ async def test_callback_is_delivered_with_retries(
     """The outcome is POSTed to the callback; a 503 from it is retried; the outcome stands."""
     url, received, _ = receiver
     monkeypatch.setenv("CALLBACK_ALLOWED_HOSTS", "127.0.0.1")
-    monkeypatch.setattr("shared.callbacks.DELAYS", (0.05, 0.05, 0.05))
+    monkeypatch.setattr("shared.reset.callbacks.DELAYS", (0.05, 0.05, 0.05))
     reset_settings()
     assert (await submit({"userId": ADELE, "requestId": "cb", "callbackUrl": url})).status_code == 202
     await deliver_queued(app)
@@ -248,7 +248,7 @@ async def test_callback_failure_never_changes_the_outcome(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CALLBACK_ALLOWED_HOSTS", "127.0.0.1")
-    monkeypatch.setattr("shared.callbacks.DELAYS", (0.01,))
+    monkeypatch.setattr("shared.reset.callbacks.DELAYS", (0.01,))
     reset_settings()
     await submit({"userId": ADELE, "requestId": "cb-down", "callbackUrl": "https://127.0.0.1:9/hook"})
     await deliver_queued(app)
@@ -276,7 +276,7 @@ async def test_allowed_callers_gate_and_requested_by(app: App, monkeypatch: pyte
 async def test_health_reports_storage(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     ok = await call(function_app.health, "GET", "/api/health")
     assert ok.status_code == 200 and body_of(ok)["status"] == "healthy"
-    from shared.runtime import close_runtime
+    from shared.reset.runtime import close_runtime
 
     await close_runtime()
     monkeypatch.setenv("AzureWebJobsStorage", "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"

@@ -8,7 +8,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from shared.status import Status
+from shared.reset.status import Status
 from tests.integration.support import ADELE, BRIAN, LEE, MEGAN, ROLF, App
 
 
@@ -93,7 +93,7 @@ async def test_policy_refusals_go_to_poison_at_once(app: App, body: dict[str, st
 
 async def test_domain_rules_refuse_new_emails(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocked and not-allowed domains are refused before any write."""
-    from shared.settings import reset_settings
+    from shared.platform.settings import reset_settings
 
     monkeypatch.setenv("BLOCKED_EMAIL_DOMAINS", "gmail.com")
     monkeypatch.setenv("ALLOWED_EMAIL_DOMAINS", "contoso.com,gmail.com")
@@ -223,7 +223,7 @@ async def test_redelivery_after_crash_mid_invite_checks_before_sending(app: App)
 )  # fmt: skip
 async def test_poison_handler_survives_garbage(app: App, garbage: bytes) -> None:
     """The poison handler never raises, whatever lands in the poison queue."""
-    from shared.worker import handle_poison_message
+    from shared.reset.worker import handle_poison_message
 
     await handle_poison_message(garbage, message_id="g1")
 
@@ -251,7 +251,7 @@ async def test_host_poisoned_copy_without_request_id_is_linked_by_its_body(app: 
     body = f'{{"userId": "{ADELE}", "ticketId": "INC-HASH"}}'.encode()
     with pytest.raises(Exception, match="unavailable"):
         await app.deliver(body, message_id="original-id", dequeue_count=1)
-    from shared.worker import handle_poison_message
+    from shared.reset.worker import handle_poison_message
 
     await handle_poison_message(body, message_id="poison-copy-id")
     record = await app.status("original-id")

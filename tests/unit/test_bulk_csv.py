@@ -6,8 +6,8 @@ import codecs
 
 import pytest
 
-from shared.bulk import MAX_PROBLEMS, BulkCsvReader, BulkRow, CsvProblem, request_id_for
-from shared.contract import canonical_json
+from shared.bulk.reader import MAX_PROBLEMS, BulkCsvReader, BulkRow, CsvProblem, request_id_for
+from shared.reset.contract import canonical_json
 from tests.factories import settings
 
 ADELE = "5e0c1d2a-0001-4a5b-9c3d-000000000001"

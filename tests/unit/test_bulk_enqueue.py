@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from shared.bulk_enqueue import CHUNK_ROWS, FileProgress, FileState, enqueue, load_progress
-from shared.errors import TransientError
-from shared.status import Status, StatusRecord, StatusStore
+from shared.bulk.enqueue import CHUNK_ROWS, FileProgress, FileState, enqueue, load_progress
+from shared.platform.errors import TransientError
+from shared.reset.status import Status, StatusRecord, StatusStore
 
 
 class MemoryStore(StatusStore):

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-import shared.bulk_repeats as repeats
-from shared.bulk import ValidationSummary, validate_chunks
+import shared.bulk.repeats as repeats
+from shared.bulk.reader import ValidationSummary, validate_chunks
 
 ADELE = "5e0c1d2a-0001-4a5b-9c3d-000000000001"
 LEE = "5e0c1d2a-0008-4a5b-9c3d-000000000008"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import cli
+from tools.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,8 +31,8 @@ async def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[
 
 
 def test_runs_as_a_module_and_as_the_console_script() -> None:
-    """``python -m shared.cli`` and the ``guest-reset`` script that ``pip install`` puts beside Python."""
-    module = subprocess.run([sys.executable, "-m", "shared.cli", "submit", "--help"], cwd=REPO,
+    """``python -m tools.cli.main`` and the ``guest-reset`` script that ``pip install`` puts beside Python."""
+    module = subprocess.run([sys.executable, "-m", "tools.cli.main", "submit", "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert module.returncode == 0 and "guest-reset submit guests.csv" in module.stdout
     script = Path(sys.executable).with_name("guest-reset")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import pytest
 
-from shared.contract import MAX_MESSAGE_BYTES, json_schema, parse_request
-from shared.errors import InvalidRequestError
+from shared.platform.errors import InvalidRequestError
+from shared.reset.contract import MAX_MESSAGE_BYTES, json_schema, parse_request
 from tests.factories import GUEST_ID, request_body
-
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "reset-request.v1.schema.json"
+from tools.schema import SCHEMA_PATH
 
 
 def problems(body: bytes) -> dict[str, str]:
@@ -94,7 +92,7 @@ def test_messages_over_64_kb_are_refused() -> None:
 
 
 def test_checked_in_schema_matches_the_model() -> None:
-    """The JSON Schema under shared/schemas is regenerated whenever the model changes."""
+    """The JSON Schema under shared/reset/schemas is regenerated whenever the model changes."""
     checked_in = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     assert checked_in == json_schema(), "run `python -m tools.schema` and commit the result"
 
@@ -106,10 +104,10 @@ def test_schema_forbids_unknown_fields_and_caps_cc() -> None:
 
 
 def test_checked_in_openapi_matches_the_models() -> None:
-    """The connector document under shared/schemas is regenerated whenever a model changes."""
+    """The connector document under shared/reset/schemas is regenerated whenever a model changes."""
     from openapi_spec_validator import validate
 
-    from shared.openapi import document
+    from shared.api.openapi import document
     from tools.schema import CONNECTOR_HOST, OPENAPI_PATH
 
     checked_in = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from shared.errors import classify_graph_response, parse_retry_after
-from shared.masking import app_logger, mask_email, redact
+from shared.platform.errors import classify_graph_response, parse_retry_after
+from shared.platform.logs import app_logger, mask_email, redact
 
 
 def graph_error(code: str, message: str) -> dict[str, object]:

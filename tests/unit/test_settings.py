@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import SettingsError
-from shared.settings import DEFAULTS, GraphCloud, get_settings, parse_settings, reset_settings
+from shared.platform.errors import SettingsError
+from shared.platform.settings import DEFAULTS, GraphCloud, get_settings, parse_settings, reset_settings
 from tests.factories import env
 
 
@@ -127,8 +127,7 @@ async def test_concurrent_first_calls_share_one_runtime(monkeypatch: pytest.Monk
     """A cold batch of invocations builds the clients once, not once per message."""
     import asyncio
 
-    from shared import runtime as runtime_module
-
+    from shared.reset import runtime as runtime_module
     built: list[object] = []
 
     async def factory(settings: object) -> runtime_module.Runtime:

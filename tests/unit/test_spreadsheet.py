@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from shared.spreadsheet import safe_cell
+from shared.bulk.spreadsheet import safe_cell
 
 
 @pytest.mark.parametrize("text", ["=HYPERLINK(\"http://evil.example\",\"open\")", "+1+2", "-2+3", "@SUM(A1:A9)",

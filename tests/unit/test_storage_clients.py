@@ -9,8 +9,8 @@ import pytest
 from aiohttp import web
 from azure.core.exceptions import HttpResponseError
 
-from shared.settings import StorageConnection
-from shared.storage import client_options, queue_client, table_client
+from shared.platform.settings import StorageConnection
+from shared.platform.storage import client_options, queue_client, table_client
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from shared.errors import AmbiguousOutcomeError, TransientError
-from shared.throttle import RetryPolicy, WriteBudget, call_with_retries
+from shared.platform.errors import AmbiguousOutcomeError, TransientError
+from shared.reset.throttle import RetryPolicy, WriteBudget, call_with_retries
 
 
 class FakeClock:

@@ -41,13 +41,13 @@ from pathlib import Path
 from azure.storage.queue import QueueClient as SyncQueueClient
 from azure.storage.queue.aio import QueueClient
 
-from shared.bulk_enqueue import CONCURRENCY, rows_to_send
-from shared.bulk_submit import _read_async, default_source, submit_file, validate_file
-from shared.runtime import build_runtime
-from shared.settings import Settings, parse_settings
-from shared.storage import client_options
+from shared.bulk.enqueue import CONCURRENCY, rows_to_send
+from shared.platform.settings import Settings, parse_settings
+from shared.platform.storage import client_options
+from shared.reset.runtime import build_runtime
 from tools.azurite import AzuriteEndpoints, running_azurite
 from tools.bench.common import BenchResult, Row, guest_id
+from tools.cli.submit import _read_async, default_source, submit_file, validate_file
 
 SUBMIT_GOAL = 1.25
 SEQUENTIAL_GOAL = 2.5

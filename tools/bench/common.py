@@ -22,14 +22,14 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.contract import ResetRequest
-from shared.errors import ResetError
-from shared.graph import USER_SELECT, GuestUser, InvitationBody, SentInvitation
-from shared.graph_sdk import PlaceholderCredential, SdkGraphGateway
-from shared.service import ResetService
-from shared.settings import Settings, parse_settings
-from shared.status import Status, StatusRecord, StatusStore
-from shared.throttle import RetryPolicy, WriteBudget
+from shared.platform.errors import ResetError
+from shared.platform.settings import Settings, parse_settings
+from shared.reset.contract import ResetRequest
+from shared.reset.graph import USER_SELECT, GuestUser, InvitationBody, SentInvitation
+from shared.reset.graph_sdk import PlaceholderCredential, SdkGraphGateway
+from shared.reset.service import ResetService
+from shared.reset.status import Status, StatusRecord, StatusStore
+from shared.reset.throttle import RetryPolicy, WriteBudget
 
 JsonDict = dict[str, Any]
 

@@ -24,7 +24,7 @@ import site
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from shared.service import ResetService
+from shared.reset.service import ResetService
 from tools.bench.common import (
     BenchResult,
     Job,

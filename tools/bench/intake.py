@@ -31,10 +31,10 @@ import aiohttp
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
 
-from shared.contract import ResetRequest, canonical_json
-from shared.intake import CONCURRENCY
-from shared.status import Status, StatusRecord, _to_entity
-from shared.storage import client_options
+from shared.api.intake import CONCURRENCY
+from shared.platform.storage import client_options
+from shared.reset.contract import ResetRequest, canonical_json
+from shared.reset.status import Status, StatusRecord, _to_entity
 from tools.azurite import AzuriteEndpoints, running_azurite
 from tools.bench.common import BenchResult, Row, guest_id
 from tools.devhost import running_devhost

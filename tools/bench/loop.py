@@ -18,7 +18,7 @@ import asyncio
 import gc
 import time
 
-from shared.service import ResetService
+from shared.reset.service import ResetService
 from tools.bench.common import (
     BenchResult,
     MemoryStatusStore,

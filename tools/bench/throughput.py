@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from shared.service import ResetService
+from shared.reset.service import ResetService
 from tools.bench.common import (
     BenchResult,
     MemoryStatusStore,

@@ -1,0 +1,155 @@
+"""Intake: validate every request of a submission, record it Accepted, enqueue it. No Graph here.
+
+All or nothing: one invalid item refuses the whole submission and nothing is enqueued.
+A requestId (or the Idempotency-Key header) makes a resubmission return the existing record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.api.principal import Caller
+from shared.platform.errors import IntakeError, InvalidRequestError, ResetError
+from shared.platform.logs import app_logger
+from shared.reset.callbacks import callback_allowed
+from shared.reset.contract import (
+    MAX_MESSAGE_BYTES,
+    ResetRequest,
+    canonical_json,
+    describe_validation_error,
+    repeat_key,
+    user_column,
+)
+from shared.reset.runtime import Runtime
+from shared.reset.status import Status, StatusRecord, utcnow
+
+log = app_logger()
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_BATCH = 1000
+CONCURRENCY = 32
+# An Accepted record this old whose message may have been lost is enqueued again on resubmission
+# (the worker's claim makes a second message harmless).
+STALE_ACCEPTED = timedelta(minutes=2)
+
+
+
+@dataclass(frozen=True)
+class Receipt:
+    request_id: str
+    status: str
+    duplicate: bool
+
+
+def _items(body: bytes) -> tuple[list[Any], bool]:
+    if len(body) > MAX_BODY_BYTES:
+        raise IntakeError(413, "Payload too large", f"the body is {len(body)} bytes; the limit is 1 MB")
+    try:
+        data = json.loads(body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):
+        raise IntakeError(400, "Invalid JSON", "the body is not valid UTF-8 JSON") from None
+    if isinstance(data, dict) and "requests" in data:
+        if set(data) != {"requests"}:
+            extra = ", ".join(sorted(set(data) - {"requests"}))
+            raise IntakeError(400, "Invalid request", f"a batch holds only 'requests'; remove {extra}")
+        items = data["requests"]
+        if not isinstance(items, list) or not items:
+            raise IntakeError(400, "Invalid request", "'requests' must be a non-empty list")
+        if len(items) > MAX_BATCH:
+            raise IntakeError(413, "Batch too large", f"{len(items)} requests; at most {MAX_BATCH} per batch")
+        return items, True
+    if not isinstance(data, dict):
+        raise IntakeError(400, "Invalid request", "the body must be a JSON object")
+    return [data], False
+
+
+def validate_submission(
+    body: bytes, *, runtime: Runtime, idempotency_key: str | None, caller: Caller | None
+) -> list[tuple[ResetRequest, str]]:
+    """Every item validated (all problems listed by index and field), with its requestId."""
+    items, batch = _items(body)
+    problems: list[dict[str, Any]] = []
+    accepted: list[tuple[ResetRequest, str]] = []
+    seen: set[str] = set()
+    users: dict[str, int] = {}
+    for index, item in enumerate(items):
+        prefix = f"requests[{index}]." if batch else ""
+        where: dict[str, Any] = {"index": index} if batch else {}
+        if not isinstance(item, dict):
+            problems.append({**where, "field": prefix.rstrip(".") or "(body)", "message": "must be a JSON object"})
+            continue
+        if len(json.dumps(item)) > MAX_MESSAGE_BYTES:
+            problems.append({**where, "field": prefix.rstrip(".") or "(body)", "message": "larger than 64 KB"})
+            continue
+        try:
+            request = ResetRequest.model_validate(item, by_alias=True, by_name=False)
+        except ValidationError as error:
+            for p in describe_validation_error(error):
+                problems.append({**where, "field": prefix + p["field"], "message": p["message"]})
+            continue
+        if request.callback_url and not callback_allowed(request.callback_url, runtime.settings):
+            problems.append({**where, "field": prefix + "callbackUrl",
+                             "message": "host is not on the callback allowlist (CALLBACK_ALLOWED_HOSTS)"})  # fmt: skip
+        request_id = request.request_id or (
+            (f"{idempotency_key}.{index}" if batch else idempotency_key) if idempotency_key else str(uuid.uuid4())
+        )
+        if request_id in seen:
+            problems.append({**where, "field": prefix + "requestId", "message": "appears twice in this batch"})
+        seen.add(request_id)
+        # One reset per guest per batch, as in a bulk file (shared.bulk.repeats says why).
+        first = users.setdefault(repeat_key(request), index)
+        if first != index:
+            message = f"the same user as requests[{first}]: a batch may reset each guest once"
+            problems.append({**where, "field": prefix + user_column(request)[0], "message": message})
+        if caller is not None and not request.requested_by:
+            request = request.model_copy(update={"requested_by": caller.label[:256]})
+        accepted.append((request, request_id))
+    if problems:
+        count = len({p.get("index", 0) for p in problems})
+        raise IntakeError(400, "Invalid reset request", f"{count} request(s) are invalid; nothing was enqueued",
+                          problems)  # fmt: skip
+    return accepted
+
+
+async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str) -> Receipt:
+    text = canonical_json(request, requestId=request_id)
+    record = StatusRecord.for_request(request, request_id, Status.ACCEPTED, message=text)
+    created = await runtime.status.create(replace(record, history=record.with_event("accepted")))
+    if created is None:
+        existing = await runtime.status.get(request_id)
+        if existing is None:  # deleted in between: treat as new next time
+            raise InvalidRequestError(f"request {request_id} is being replaced; submit it again")
+        stale = existing.created_at is None or existing.created_at < utcnow() - STALE_ACCEPTED
+        if existing.status is Status.ACCEPTED and stale:
+            await runtime.publisher.send_request(text)
+        return Receipt(request_id, str(existing.status), duplicate=True)
+    try:
+        await runtime.publisher.send_request(text)
+    except ResetError:
+        # Without its message the record would wait forever: remove it so a retry starts clean
+        # (if storage is down for that too, the stale-Accepted rule re-enqueues on resubmission).
+        with contextlib.suppress(ResetError):
+            await runtime.status.delete(request_id)
+        raise
+    return Receipt(request_id, str(Status.ACCEPTED), duplicate=False)
+
+
+async def accept(runtime: Runtime, requests: list[tuple[ResetRequest, str]]) -> list[Receipt]:
+    """Record and enqueue validated requests concurrently; order of the receipts follows the input."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(request: ResetRequest, request_id: str) -> Receipt:
+        async with gate:
+            return await _accept_one(runtime, request, request_id)
+
+    receipts = await asyncio.gather(*(one(r, rid) for r, rid in requests))
+    log.info("accepted %d request(s)", len(receipts), extra={"requestId": receipts[0].request_id})
+    return list(receipts)

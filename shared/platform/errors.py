@@ -1,0 +1,229 @@
+"""The few error types of the app, each with a stable code and whether retrying can help.
+
+Failures are classified here and only here: the worker asks an error whether it is
+permanent (poison at once) or transient (retry with backoff, then poison).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class ResetError(Exception):
+    """A failure with a stable ``code``, a message that says what to do, and a retry verdict."""
+
+    permanent: bool = True
+    default_code: str = "ResetFailed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        graph_request_id: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.graph_request_id = graph_request_id
+        self.status = status
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "permanent": self.permanent,
+            "graphRequestId": self.graph_request_id,
+            "httpStatus": self.status,
+        }
+
+
+class InvalidRequestError(ResetError):
+    """The message does not follow contract v1; fix the producer, retrying will not help."""
+
+    default_code = "InvalidRequest"
+
+    def __init__(self, message: str, *, problems: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class UserNotFoundError(ResetError):
+    default_code = "UserNotFound"
+
+
+class AmbiguousUserError(ResetError):
+    default_code = "AmbiguousUser"
+
+
+class PolicyRefusedError(ResetError):
+    """A safety rule refused the reset (not a guest, domain rule, email owned, roles...)."""
+
+    default_code = "PolicyRefused"
+
+
+class GraphRequestError(ResetError):
+    """Microsoft Graph refused the call for a reason that a retry will not change."""
+
+    default_code = "GraphRequestFailed"
+
+
+class TransientError(ResetError):
+    """Throttling, an outage or a network fault: worth retrying later."""
+
+    permanent = False
+    default_code = "Transient"
+
+
+class AmbiguousOutcomeError(TransientError):
+    """A write may or may not have been applied (timeout, 5xx, dropped connection)."""
+
+    default_code = "GraphOutcomeUnknown"
+
+
+class IntakeError(ResetError):
+    """A submission to the HTTP API refused as a whole; ``status`` is the HTTP status to answer with."""
+
+    default_code = "SubmissionRefused"
+
+    def __init__(self, status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail, status=status)
+        self.status: int = status
+        self.title = title
+        self.detail = detail
+        self.errors = errors or []
+
+
+class BulkFileChangedError(ResetError):
+    """A bulk file's bytes differ between the validation pass and the sending pass."""
+
+    default_code = "BulkFileChanged"
+
+
+class UsageError(ResetError):
+    """A bad command-line option or input file (the CLI exits with 2)."""
+
+    default_code = "UsageError"
+
+
+class ApiRefusedError(ResetError):
+    """The API answered 4xx: the submission or the order is wrong, nothing will change on retry."""
+
+    default_code = "ApiRefused"
+
+    def __init__(self, message: str, *, status: int, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message, status=status)
+        self.errors = errors or []
+
+
+class ApiAuthError(ApiRefusedError):
+    """401/403/404 on a known route: wrong key, wrong key level, or wrong URL."""
+
+    default_code = "ApiNotAuthorized"
+
+
+class SettingsError(Exception):
+    """One or more app settings are missing or invalid; the message lists all of them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"{len(problems)} app setting problem(s); fix them in local.settings.json "
+            f"or the function app's configuration:\n{lines}"
+        )
+
+
+# Graph 403 bodies that need a different fix than "grant the permission".
+_FORBIDDEN_HINTS = (
+    ("suspicious activity", "InvitationsBlocked",
+     "Microsoft blocked invitations for this tenant; open a support ticket, it does not lift by itself"),
+    ("not allowed for your company", "InvitationsDisabled",
+     "B2B invitations are disabled or restricted in the tenant's external collaboration settings"),
+    ("cross-tenant access", "CrossTenantAccessBlocked",
+     "cross-tenant access settings block this guest's home tenant"),
+)  # fmt: skip
+
+PERMISSION_HINT = (
+    "grant the app's identity the Microsoft Graph application permission User.ReadWrite.All "
+    "(least privilege for a redemption reset) and wait for it to propagate"
+)
+
+
+def classify_graph_response(
+    status: int, body: Mapping[str, Any] | None, headers: Mapping[str, str]
+) -> ResetError:
+    """Turn a failed Graph response into our error: permanent or transient, with request-id."""
+    error = (body or {}).get("error") if isinstance(body, Mapping) else None
+    error = error if isinstance(error, Mapping) else {}
+    graph_code = str(error.get("code") or "")
+    graph_message = str(error.get("message") or f"Graph answered HTTP {status}")
+    inner = error.get("innerError") or error.get("innererror") or {}
+    request_id = headers.get("request-id") or (
+        inner.get("request-id") if isinstance(inner, Mapping) else None
+    )
+    retry_after = parse_retry_after(headers.get("retry-after"))
+    kw: dict[str, Any] = {"graph_request_id": request_id, "status": status}
+
+    if status == 429:
+        return TransientError(
+            f"Graph throttled the request ({graph_message}); retrying after the wait it asked for",
+            code="GraphThrottled", retry_after=retry_after, **kw,
+        )  # fmt: skip
+    if status >= 500 or status == 408:
+        return TransientError(
+            f"Graph is unavailable (HTTP {status}: {graph_message})",
+            code="GraphUnavailable", retry_after=retry_after, **kw,
+        )  # fmt: skip
+    if status == 409 and graph_code == "Directory_ConcurrencyViolation":
+        # Graph documents this one as retryable: two writes raced on the same object.
+        return TransientError(graph_message, code="GraphConcurrencyViolation", **kw)
+    if status == 401:
+        return GraphRequestError(
+            f"Graph refused the app's token ({graph_message}); {PERMISSION_HINT}",
+            code="GraphUnauthorized", **kw,
+        )  # fmt: skip
+    if status == 403:
+        lowered = graph_message.lower()
+        for needle, code, hint in _FORBIDDEN_HINTS:
+            if needle in lowered:
+                return GraphRequestError(f"{graph_message} ({hint})", code=code, **kw)
+        return GraphRequestError(
+            f"Graph denied the operation ({graph_message}); {PERMISSION_HINT}. "
+            "App-only resets also cannot touch users who hold directory roles.",
+            code="GraphForbidden", **kw,
+        )  # fmt: skip
+    if status == 404:
+        return UserNotFoundError(
+            f"Graph has no such user ({graph_message}); check the userId/userPrincipalName",
+            **kw,
+        )
+    if status == 400 and "doesn't match any emails" in graph_message:
+        return GraphRequestError(graph_message, code="EmailNotOnUser", **kw)
+    if status == 400 and "proxyAddresses" in graph_message:
+        return PolicyRefusedError(
+            f"{graph_message} The new email already belongs to another directory object.",
+            code="EmailInUse", **kw,
+        )  # fmt: skip
+    return GraphRequestError(
+        f"Graph rejected the request (HTTP {status} {graph_code}: {graph_message})",
+        code="GraphBadRequest" if status == 400 else f"Graph{status}", **kw,
+    )  # fmt: skip
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header; integer or fractional, None if absent/invalid."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

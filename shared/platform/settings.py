@@ -1,0 +1,328 @@
+"""App settings: parsed and validated once, on first use, from the environment.
+
+Defaults live in ``DEFAULTS`` and nowhere else; ``local.settings.sample.json`` mirrors them
+(a test keeps the two in step). Every missing or invalid value is reported in one error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from shared.platform.errors import SettingsError
+
+APP_ROOT = Path(__file__).resolve().parent.parent
+
+# Azurite's documented development account, used for `UseDevelopmentStorage=true`.
+DEVELOPMENT_STORAGE = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+    "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)
+
+STORAGE = "AzureWebJobsStorage"
+
+DEFAULTS: dict[str, str] = {
+    "RESET_REQUEST_QUEUE": "guest-reset-requests",
+    "RESET_RESULT_QUEUE": "guest-reset-results",
+    "RESET_STATUS_TABLE": "GuestResetStatus",
+    "GRAPH_BASE_URL": "https://graph.microsoft.com/v1.0",
+    "INVITE_REDIRECT_URL": "https://myapps.microsoft.com",
+    "SEND_INVITATION_MESSAGE": "false",
+    "ALLOWED_EMAIL_DOMAINS": "",
+    "BLOCKED_EMAIL_DOMAINS": "",
+    "ALLOW_MEMBER_RESET": "false",
+    "GRAPH_WRITES_PER_SECOND": "10",
+    "GRAPH_RETRY_DELAYS": "1,2,4,8",
+    "GRAPH_MAX_ATTEMPTS": "5",
+    "GRAPH_TIMEOUT_SECONDS": "30",
+    "CALLBACK_ALLOWED_HOSTS": (
+        "*.logic.azure.com,*.azure-apim.net,*.flow.microsoft.com,*.powerautomate.com,"
+        "*.api.powerplatform.com"
+    ),
+    "ALLOWED_CALLERS": "",
+    "BULK_CONTAINER": "bulk-resets",
+    # NCRONTAB with seconds ({second} {minute} {hour} {day} {month} {day-of-week}), in UTC.
+    "BULK_SCHEDULE": "0 */5 * * * *",
+}
+
+
+class GraphCloud(Enum):
+    """Microsoft Graph deployments; the value is the Entra authority host for tokens."""
+
+    GLOBAL = "login.microsoftonline.com"
+    US_GOV = "login.microsoftonline.us"
+    CHINA = "login.chinacloudapi.cn"
+    EMULATOR = ""
+
+
+_GRAPH_HOSTS = {
+    "graph.microsoft.com": GraphCloud.GLOBAL,
+    "graph.microsoft.us": GraphCloud.US_GOV,
+    "dod-graph.microsoft.us": GraphCloud.US_GOV,
+    "microsoftgraph.chinacloudapi.cn": GraphCloud.CHINA,
+}
+_QUEUE_RE = r"^[a-z0-9](?!.*--)[a-z0-9-]{1,54}[a-z0-9]$"  # leaves room for "-poison"
+_CONTAINER_RE = r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$"
+
+
+@dataclass(frozen=True)
+class StorageConnection:
+    """Either a connection string (local, Azurite) or identity-based service URIs (Azure)."""
+
+    connection_string: str | None = None
+    queue_service_uri: str | None = None
+    table_service_uri: str | None = None
+    blob_service_uri: str | None = None
+    client_id: str | None = None
+
+    @property
+    def uses_identity(self) -> bool:
+        return self.connection_string is None
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: StorageConnection
+    request_queue: str
+    result_queue: str
+    status_table: str
+    graph_base_url: str
+    graph_cloud: GraphCloud
+    azure_client_id: str | None
+    invite_redirect_url: str
+    send_invitation_message: bool
+    allowed_email_domains: frozenset[str]
+    blocked_email_domains: frozenset[str]
+    allow_member_reset: bool
+    graph_writes_per_second: float
+    graph_retry_delays: tuple[float, ...]
+    graph_max_attempts: int
+    graph_timeout_seconds: float
+    callback_allowed_hosts: tuple[str, ...]
+    allowed_callers: frozenset[str] = frozenset()
+    max_dequeue_count: int = 5
+    bulk_container: str = DEFAULTS["BULK_CONTAINER"]
+    bulk_schedule: str = DEFAULTS["BULK_SCHEDULE"]
+
+    @property
+    def poison_queue(self) -> str:
+        return f"{self.request_queue}-poison"
+
+    @property
+    def uses_graph_emulator(self) -> bool:
+        return self.graph_cloud is GraphCloud.EMULATOR
+
+    @property
+    def graph_scope(self) -> str:
+        parts = urlsplit(self.graph_base_url)
+        return f"{parts.scheme}://{parts.netloc}/.default"
+
+
+class _Reader:
+    """Collects every problem instead of stopping at the first one."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, name: str) -> str:
+        return self.env.get(name, DEFAULTS.get(name, "")).strip()
+
+    def boolean(self, name: str) -> bool:
+        value = self.text(name).lower()
+        if value in {"true", "1", "yes"}:
+            return True
+        if value in {"false", "0", "no", ""}:
+            return False
+        self.problems.append(f"{name}={value!r} is not a boolean; use true or false")
+        return False
+
+    def number(self, name: str, *, minimum: float, maximum: float) -> float:
+        value = self.text(name)
+        try:
+            number = float(value)
+        except ValueError:
+            self.problems.append(f"{name}={value!r} is not a number")
+            return minimum
+        if not minimum <= number <= maximum:
+            self.problems.append(f"{name}={value} must be between {minimum:g} and {maximum:g}")
+        return number
+
+    def domains(self, name: str) -> frozenset[str]:
+        items = {d.strip().lower().lstrip("@") for d in self.text(name).split(",") if d.strip()}
+        for item in sorted(items):
+            if "." not in item or any(c in item for c in " /@:"):
+                self.problems.append(f"{name} holds {item!r}, which is not a domain name")
+        return frozenset(items)
+
+    def name(self, name: str, pattern: str, what: str) -> str:
+        value = self.text(name)
+        if not re.match(pattern, value):
+            self.problems.append(f"{name}={value!r} is not a valid {what}")
+        return value
+
+
+def _storage(reader: _Reader) -> StorageConnection:
+    env = reader.env
+    conn = env.get(STORAGE, "").strip()
+    prefix = f"{STORAGE}__"
+    queue_uri = env.get(f"{prefix}queueServiceUri", "").strip()
+    table_uri = env.get(f"{prefix}tableServiceUri", "").strip()
+    blob_uri = env.get(f"{prefix}blobServiceUri", "").strip()
+    account = env.get(f"{prefix}accountName", "").strip()
+    if conn:
+        if conn.lower().replace(" ", "") == "usedevelopmentstorage=true":
+            conn = DEVELOPMENT_STORAGE
+        return StorageConnection(connection_string=conn)
+    if account and not queue_uri:
+        queue_uri = f"https://{account}.queue.core.windows.net"
+        table_uri = table_uri or f"https://{account}.table.core.windows.net"
+        blob_uri = blob_uri or f"https://{account}.blob.core.windows.net"
+    if not (queue_uri and table_uri):
+        reader.problems.append(
+            f"{STORAGE} is not set: give a connection string (UseDevelopmentStorage=true locally) "
+            f"or the identity-based {prefix}queueServiceUri and {prefix}tableServiceUri"
+        )
+        return StorageConnection()
+    for key, uri in (("queueServiceUri", queue_uri), ("tableServiceUri", table_uri)):
+        if not uri.startswith("https://"):
+            reader.problems.append(f"{prefix}{key}={uri!r} must be an https URL")
+    return StorageConnection(
+        queue_service_uri=queue_uri,
+        table_service_uri=table_uri,
+        blob_service_uri=blob_uri or None,
+        client_id=env.get(f"{prefix}clientId", "").strip() or None,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _graph(reader: _Reader) -> tuple[str, GraphCloud]:
+    url = reader.text("GRAPH_BASE_URL").rstrip("/")
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https" and host in _GRAPH_HOSTS:
+        if parts.path not in {"/v1.0", "/beta"}:
+            reader.problems.append(f"GRAPH_BASE_URL={url!r} must end with /v1.0 (or /beta)")
+        return url, _GRAPH_HOSTS[host]
+    if parts.scheme == "http" and _is_loopback(host):
+        return url, GraphCloud.EMULATOR
+    reader.problems.append(
+        f"GRAPH_BASE_URL={url!r} is not a Microsoft Graph endpoint; use one of "
+        + ", ".join(f"https://{h}/v1.0" for h in _GRAPH_HOSTS)
+        + " (a loopback http URL is accepted only for the local Graph emulator)"
+    )
+    return url, GraphCloud.GLOBAL
+
+
+def _https_url(reader: _Reader, name: str) -> str:
+    value = reader.text(name)
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.netloc:
+        reader.problems.append(f"{name}={value!r} must be an https URL")
+    return value
+
+
+def _schedule(reader: _Reader, name: str) -> str:
+    """An NCRONTAB expression with the seconds field, as the timer trigger reads it (UTC)."""
+    value = reader.text(name)
+    fields = value.split()
+    if len(fields) != 6 or not all(re.fullmatch(r"[0-9A-Za-z*/,\-]+", f) for f in fields):
+        reader.problems.append(
+            f"{name}={value!r} is not an NCRONTAB schedule with six fields "
+            "({second} {minute} {hour} {day} {month} {day-of-week}), e.g. '0 */5 * * * *'"
+        )
+    return value
+
+
+def _max_dequeue_count(env: Mapping[str, str], reader: _Reader) -> int:
+    """The host's poison threshold: the app-setting override wins over host.json, as in Azure."""
+    key = "azurefunctionsjobhost__extensions__queues__maxdequeuecount"
+    for name, _value in env.items():
+        if name.lower() == key:
+            return int(reader.number(name, minimum=1, maximum=100))
+    try:
+        host = json.loads((APP_ROOT / "host.json").read_text(encoding="utf-8"))
+        return int(host["extensions"]["queues"].get("maxDequeueCount", 5))
+    except (OSError, KeyError, ValueError, TypeError):
+        return 5
+
+
+def parse_settings(env: Mapping[str, str]) -> Settings:
+    """Validate every setting and return them, or raise one SettingsError listing all problems."""
+    reader = _Reader(env)
+    storage = _storage(reader)
+    graph_url, cloud = _graph(reader)
+    delays_text = reader.text("GRAPH_RETRY_DELAYS")
+    delays: tuple[float, ...] = ()
+    try:
+        delays = tuple(float(d) for d in delays_text.split(",") if d.strip())
+        if not delays or any(d < 0 or d > 300 for d in delays):
+            raise ValueError
+    except ValueError:
+        reader.problems.append(
+            f"GRAPH_RETRY_DELAYS={delays_text!r} must be comma-separated seconds between 0 and 300"
+        )
+    hosts = tuple(h.strip().lower() for h in reader.text("CALLBACK_ALLOWED_HOSTS").split(",") if h.strip())
+    settings = Settings(
+        storage=storage,
+        request_queue=reader.name("RESET_REQUEST_QUEUE", _QUEUE_RE, "queue name (3-56 chars)"),
+        result_queue=reader.name("RESET_RESULT_QUEUE", _QUEUE_RE, "queue name (3-56 chars)"),
+        status_table=reader.name("RESET_STATUS_TABLE", r"^[A-Za-z][A-Za-z0-9]{2,62}$", "table name"),
+        graph_base_url=graph_url,
+        graph_cloud=cloud,
+        azure_client_id=env.get("AZURE_CLIENT_ID", "").strip() or None,
+        invite_redirect_url=_https_url(reader, "INVITE_REDIRECT_URL"),
+        send_invitation_message=reader.boolean("SEND_INVITATION_MESSAGE"),
+        allowed_email_domains=reader.domains("ALLOWED_EMAIL_DOMAINS"),
+        blocked_email_domains=reader.domains("BLOCKED_EMAIL_DOMAINS"),
+        allow_member_reset=reader.boolean("ALLOW_MEMBER_RESET"),
+        graph_writes_per_second=reader.number("GRAPH_WRITES_PER_SECOND", minimum=0.1, maximum=1000),
+        graph_retry_delays=delays,
+        graph_max_attempts=int(reader.number("GRAPH_MAX_ATTEMPTS", minimum=1, maximum=20)),
+        graph_timeout_seconds=reader.number("GRAPH_TIMEOUT_SECONDS", minimum=1, maximum=230),
+        callback_allowed_hosts=hosts,
+        allowed_callers=frozenset(
+            c.strip().lower() for c in reader.text("ALLOWED_CALLERS").split(",") if c.strip()
+        ),
+        max_dequeue_count=_max_dequeue_count(env, reader),
+        bulk_container=reader.name("BULK_CONTAINER", _CONTAINER_RE, "blob container name (3-63 chars)"),
+        bulk_schedule=_schedule(reader, "BULK_SCHEDULE"),
+    )
+    if reader.problems:
+        raise SettingsError(reader.problems)
+    return settings
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The app's settings, parsed from the environment on first use and then reused."""
+    global _cached
+    if _cached is None:
+        _cached = parse_settings(os.environ)
+    return _cached
+
+
+def reset_settings() -> None:
+    """Forget the parsed settings (tests change the environment between cases)."""
+    global _cached
+    _cached = None

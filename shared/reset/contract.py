@@ -1,0 +1,280 @@
+"""Contract v1: a reset request, as a queue message body or an HTTP body.
+
+The pydantic model is the single definition; the checked-in JSON Schema is generated from it
+(`python -m tools.schema`) and a test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import uuid
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from shared.platform.errors import InvalidRequestError
+
+MAX_MESSAGE_BYTES = 64 * 1024
+CONTRACT_VERSION = "1"
+
+# Graph rejects these in invitedUserEmailAddress (see the invitation resource docs).
+_EMAIL_RE = re.compile(
+    r"^(?![.\-])[A-Za-z0-9._'\-]+(?<![.\-])@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)+$"
+)
+_UPN_RE = re.compile(r"^[^\s@]+@[A-Za-z0-9.\-]+$")
+_LANGUAGE_RE = re.compile(r"^[a-zA-Z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+# requestId becomes a Table partition key: no / \ # ? or control characters.
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+
+
+def _email(value: str) -> str:
+    if len(value) > 254 or not _EMAIL_RE.match(value):
+        raise ValueError("is not a valid email address (Graph refuses characters like ~!#$%^&*(),;:<>)")
+    return value
+
+
+def _guid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValueError("must be the user's object id, a GUID") from None
+
+
+def _upn(value: str) -> str:
+    if len(value) > 113 + 256 or not _UPN_RE.match(value):
+        raise ValueError("is not a user principal name (name@domain)")
+    return value
+
+
+def _https(value: str) -> str:
+    if not re.match(r"^https://[^\s/?#]+[^\s]*$", value):
+        raise ValueError("must be an https URL")
+    return value
+
+
+Email = Annotated[
+    str, Field(max_length=254, json_schema_extra={"format": "email"}), AfterValidator(_email)
+]
+HttpsUrl = Annotated[
+    str,
+    Field(max_length=2048, json_schema_extra={"format": "uri", "pattern": "^https://"}),
+    AfterValidator(_https),
+]
+Guid = Annotated[str, Field(json_schema_extra={"format": "uuid"}), AfterValidator(_guid)]
+Upn = Annotated[str, Field(max_length=369), AfterValidator(_upn)]
+RequestId = Annotated[str, Field(pattern=_REQUEST_ID_RE.pattern)]
+AuditText = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class ResetRequest(BaseModel):
+    """Reset one guest's B2B redemption status so they can redeem again (contract v1)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        str_strip_whitespace=True,
+        title="ResetRequest",
+        field_title_generator=lambda name, _info: to_camel(name),
+    )
+
+    user_id: Guid | None = Field(
+        None, description="Object id of the guest user. Give exactly one of userId, userPrincipalName, email."
+    )
+    user_principal_name: Upn | None = Field(
+        None, description="UPN of the guest, e.g. adele_contoso.com#EXT#@fabrikam.onmicrosoft.com."
+    )
+    email: Email | None = Field(None, description="The guest's current mail or one of its otherMails.")
+    new_email: Email | None = Field(
+        None, description="Address the guest will redeem with; when absent the current mail is used."
+    )
+    send_invitation_message: StrictBool | None = Field(
+        None, description="Send Microsoft's invitation email; default from the app settings."
+    )
+    invite_redirect_url: HttpsUrl | None = Field(
+        None, description="Where the guest lands after redeeming; default from the app settings."
+    )
+    message_language: Annotated[str, Field(pattern=_LANGUAGE_RE.pattern, max_length=35)] | None = Field(
+        None, description="Language of the invitation email, e.g. en-US."
+    )
+    cc_recipients: list[Email] | None = Field(
+        None, max_length=1, description="At most one extra recipient (a Graph limit)."
+    )
+    customized_message_body: Annotated[str, Field(max_length=10_000)] | None = Field(
+        None, description="Plain-text note added to the invitation email."
+    )
+    request_id: RequestId | None = Field(
+        None, description="Idempotency key; one requestId sends at most one invitation."
+    )
+    ticket_id: AuditText | None = Field(None, description="Ticket reference, kept for audit.")
+    requested_by: AuditText | None = Field(None, description="Who asked for the reset, kept for audit.")
+    source: AuditText | None = Field(None, description="Producing system, kept for audit.")
+    callback_url: HttpsUrl | None = Field(
+        None, description="https URL that receives the outcome; its host must be on the allowlist."
+    )
+    dry_run: StrictBool = Field(False, description="Do every check and Graph read, send nothing.")
+
+    @model_validator(mode="after")
+    def _one_user_key(self) -> Self:
+        given = [k for k in ("user_id", "user_principal_name", "email") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of userId, userPrincipalName or email "
+                f"({'none' if not given else ', '.join(to_camel(k) for k in given)} given)"
+            )
+        return self
+
+    @property
+    def user_key(self) -> str:
+        """The identifier the request names the user by (not masked: callers mask it)."""
+        return self.user_id or self.user_principal_name or self.email or ""
+
+
+class ResetOutcome(BaseModel):
+    """Where a request stands (the result message, and the status API without its redeem link)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        field_title_generator=lambda name, _info: to_camel(name),
+    )
+
+
+    request_id: str
+    status: str = Field(description="Accepted, Processing, Succeeded, Failed or DryRunPassed.")
+    attempts: int = 0
+    created_at: str | None = None
+    updated_at: str | None = None
+    finished_at: str | None = None
+    user_id: str | None = None
+    masked_email: str | None = None
+    ticket_id: str | None = None
+    requested_by: str | None = None
+    source: str | None = None
+    dry_run: bool = False
+    error_code: str | None = Field(None, description="Stable error code when Failed.")
+    error_message: str | None = Field(None, description="What went wrong and how to fix it.")
+    graph_request_id: str | None = None
+    invitation_id: str | None = None
+    verified: bool | None = Field(None, description="The user read back as PendingAcceptance.")
+    replays: int = 0
+
+
+def user_column(request: ResetRequest) -> tuple[str, str]:
+    """The column that names the user, and its value compared as Graph compares it (no case)."""
+    if request.user_id:
+        return "userId", request.user_id.lower()
+    if request.user_principal_name:
+        return "userPrincipalName", request.user_principal_name.casefold()
+    return "email", (request.email or "").casefold()
+
+
+def repeat_key(request: ResetRequest) -> str:
+    """The text two requests share when they name the same user (one reset per guest per batch or file)."""
+    column, value = user_column(request)
+    return f"{column}\0{value}"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of contract v1, as checked in under shared/reset/schemas/."""
+    schema = ResetRequest.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://guest-redemption-reset/schemas/reset-request.v1.json"
+    return schema
+
+
+def describe_validation_error(error: ValidationError) -> list[dict[str, str]]:
+    """One entry per problem: the camelCase field path and a message that says what to fix."""
+    problems = []
+    for item in error.errors(include_url=False):
+        path = ".".join(str(p) for p in item["loc"]) or "(request)"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "is not a field of contract v1 (check the spelling; fields are camelCase)"
+        elif path == "requestId" and item["type"] == "string_pattern_mismatch":
+            message = "must be 1-128 letters, digits or . _ : @ - (it becomes a storage key)"
+        problems.append({"field": path, "message": message})
+    return problems
+
+
+def _decode_text(raw: bytes | str) -> str:
+    data = raw.encode("utf-8") if isinstance(raw, str) else raw
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise InvalidRequestError(f"the request is {len(data)} bytes; contract v1 allows at most 64 KB")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidRequestError("the request is not UTF-8 text") from None
+
+
+def load_json_object(raw: bytes | str) -> dict[str, Any]:
+    """Decode a body that is plain JSON or Base64-encoded JSON into a JSON object."""
+    text = _decode_text(raw).strip()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            decoded = base64.b64decode(text, validate=True)
+            value = json.loads(_decode_text(decoded))
+        except (binascii.Error, ValueError, InvalidRequestError):
+            raise InvalidRequestError(
+                "the request is neither JSON nor Base64-encoded JSON"
+            ) from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError("the request must be a JSON object")
+    return value
+
+
+def parse_request(raw: bytes | str) -> ResetRequest:
+    """Parse and validate a queue message or HTTP body; InvalidRequestError lists every problem."""
+    return validate_request(load_json_object(raw))
+
+
+def validate_request(data: dict[str, Any]) -> ResetRequest:
+    try:
+        return ResetRequest.model_validate(data, by_alias=True, by_name=False)
+    except ValidationError as error:
+        problems = describe_validation_error(error)
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        raise InvalidRequestError(f"invalid reset request: {summary}", problems=problems) from None
+
+
+def request_id_hint(raw: bytes | str) -> str | None:
+    """Best-effort requestId of a message that failed validation, to link it to its status."""
+    try:
+        value = load_json_object(raw).get("requestId")
+    except InvalidRequestError:
+        return None
+    return value if isinstance(value, str) and _REQUEST_ID_RE.match(value) else None
+
+
+# Table string properties hold at most 32K characters; larger requests are not kept for replay.
+MAX_STORED_REQUEST_CHARS = 30_000
+
+
+def canonical_json(request: ResetRequest, **overrides: Any) -> str:
+    """The request as the queue carries it: camelCase, no nulls, overrides applied."""
+    data = request.model_dump(by_alias=True, exclude_none=True, exclude_defaults=False)
+    if not data.get("dryRun"):
+        data.pop("dryRun", None)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def stored_request(text: str) -> str | None:
+    return text if len(text) <= MAX_STORED_REQUEST_CHARS else None

@@ -1,0 +1,110 @@
+"""The live clients a worker uses, created lazily on first use and kept per event loop.
+
+Async storage and HTTP clients belong to the loop that created them; the Functions worker
+has one loop, while tests and tools may run several, so the cache is keyed by loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from shared.platform.settings import Settings, get_settings
+from shared.reset.graph import GraphGateway
+from shared.reset.queues import Publisher
+from shared.reset.status import StatusStore
+from shared.reset.throttle import RetryPolicy, WriteBudget
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    graph: GraphGateway
+    status: StatusStore
+    publisher: Publisher
+
+    async def aclose(self) -> None:
+        await self.graph.aclose()
+        await self.status.aclose()
+        await self.publisher.aclose()
+
+
+# One budget per process: every concurrent reset in this worker shares it.
+_budget: WriteBudget | None = None
+
+
+def write_budget(settings: Settings) -> WriteBudget:
+    global _budget
+    if _budget is None:
+        _budget = WriteBudget(settings.graph_writes_per_second)
+    return _budget
+
+
+async def build_runtime(settings: Settings) -> Runtime:
+    from shared.platform.storage import queue_client, table_client
+    from shared.reset.graph_sdk import SdkGraphGateway
+
+    policy = RetryPolicy(settings.graph_retry_delays, settings.graph_max_attempts)
+    runtime = Runtime(
+        settings=settings,
+        graph=SdkGraphGateway(settings, budget=write_budget(settings), policy=policy),
+        status=StatusStore(table_client(settings.storage, settings.status_table)),
+        publisher=Publisher(
+            results=queue_client(settings.storage, settings.result_queue),
+            poison=queue_client(settings.storage, settings.poison_queue),
+            requests=queue_client(settings.storage, settings.request_queue),
+        ),
+    )
+    await runtime.status.ensure()
+    await runtime.publisher.ensure()
+    return runtime
+
+
+RuntimeFactory = Callable[[Settings], Awaitable[Runtime]]
+_factory: RuntimeFactory = build_runtime
+_runtimes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Runtime] = weakref.WeakKeyDictionary()
+
+
+_building: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def get_runtime() -> Runtime:
+    """The runtime of the running event loop, built once on first use.
+
+    A cold worker starts a whole batch of invocations at once; the lock makes them share one
+    set of clients instead of each building (and leaking) its own.
+    """
+    loop = asyncio.get_running_loop()
+    runtime = _runtimes.get(loop)
+    if runtime is not None:
+        return runtime
+    lock = _building.setdefault(loop, asyncio.Lock())
+    async with lock:
+        runtime = _runtimes.get(loop)
+        if runtime is None:
+            runtime = await _factory(get_settings())
+            _runtimes[loop] = runtime
+    return runtime
+
+
+def set_runtime_factory(factory: RuntimeFactory | None) -> None:
+    """Tests and tools swap in their own clients; None restores the default."""
+    global _factory
+    _factory = factory or build_runtime
+    _runtimes.clear()
+
+
+async def close_runtime() -> None:
+    """Close the running loop's clients (tools and tests call this before the loop ends)."""
+    runtime = _runtimes.pop(asyncio.get_running_loop(), None)
+    if runtime is not None:
+        await runtime.aclose()
+
+
+def reset_runtime() -> None:
+    """Forget every cached runtime and the write budget (tests)."""
+    global _budget
+    _runtimes.clear()
+    _budget = None

@@ -1,0 +1,385 @@
+"""The status record of each request (Azure Table), and the claim that makes delivery idempotent.
+
+One entity per requestId (PartitionKey = requestId). ``claim`` uses optimistic concurrency
+(ETag) and a lease: a redelivered finished request does nothing, and of two concurrent
+deliveries of one requestId only one gets to send the invitation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal
+
+from shared.platform.errors import TransientError
+from shared.platform.logs import mask_email
+from shared.reset.contract import ResetOutcome, ResetRequest, canonical_json, stored_request
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient
+
+ROW_KEY = "status"
+LEASE = timedelta(minutes=10)  # as long as the host keeps a message invisible while it runs
+HISTORY_LIMIT = 20
+
+
+class Status(StrEnum):
+    ACCEPTED = "Accepted"
+    PROCESSING = "Processing"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    DRY_RUN_PASSED = "DryRunPassed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in {Status.SUCCEEDED, Status.FAILED, Status.DRY_RUN_PASSED}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso_time(value: datetime | None) -> str | None:
+    """How times are stored: ISO 8601 in UTC with microseconds, so strings sort and compare."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds") if value else None
+
+
+def parse_iso_time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True)
+class StatusRecord:
+    """Everything we know about one request; the public part goes into result messages."""
+
+    request_id: str
+    status: Status
+    attempts: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+    user_id: str | None = None
+    masked_email: str | None = None
+    ticket_id: str | None = None
+    requested_by: str | None = None
+    source: str | None = None
+    dry_run: bool = False
+    send_invitation_message: bool | None = None
+    callback_url: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    graph_request_id: str | None = None
+    invitation_id: str | None = None
+    verified: bool | None = None
+    redeem_url: str | None = None
+    phase: str | None = None
+    invite_started_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    message_hash: str | None = None
+    request_json: str | None = None
+    replays: int = 0
+    history: tuple[dict[str, Any], ...] = ()
+    etag: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def for_request(cls, request: ResetRequest, request_id: str, status: Status, *, message: str | None = None,
+                    **fields: Any) -> StatusRecord:  # fmt: skip
+        """A new record describing ``request`` (audit fields, masked email, the request kept for replay).
+
+        ``message`` is the request's queue message when the caller has built it already.
+        """
+        now = utcnow()
+        return cls(
+            request_id=request_id,
+            status=status,
+            created_at=now,
+            updated_at=now,
+            user_id=request.user_id,
+            masked_email=mask_email(request.new_email or request.email),
+            ticket_id=request.ticket_id,
+            requested_by=request.requested_by,
+            source=request.source,
+            dry_run=request.dry_run,
+            callback_url=request.callback_url,
+            send_invitation_message=request.send_invitation_message,
+            request_json=stored_request(message or canonical_json(request, requestId=request_id)),
+            **fields,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The outcome fields shared with callers (result message, status API). No redeem URL."""
+        out: dict[str, Any] = {}
+        for key in PUBLIC_FIELDS:
+            value = getattr(self, key)
+            out[_camel(key)] = iso_time(value) if isinstance(value, datetime) else value
+        out["status"] = str(self.status)
+        return out
+
+    def with_event(self, event: str, **details: Any) -> tuple[dict[str, Any], ...]:
+        entry = {"at": iso_time(utcnow()), "attempt": self.attempts, "event": event}
+        entry.update({k: v for k, v in details.items() if v is not None})
+        return (*self.history, entry)[-HISTORY_LIMIT:]
+
+
+# The outcome model decides what is public; the status API adds the redeem URL on its own.
+PUBLIC_FIELDS = tuple(ResetOutcome.model_fields)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _pascal(name: str) -> str:
+    return "".join(part.title() for part in name.split("_"))
+
+
+_DATETIMES = {f.name for f in fields(StatusRecord) if "datetime" in str(f.type)}
+# Stored fields and their entity property names, worked out once (this runs for every write).
+_STORED = tuple((f.name, _pascal(f.name)) for f in fields(StatusRecord) if f.name not in {"request_id", "etag"})
+
+
+def _to_entity(record: StatusRecord) -> dict[str, Any]:
+    entity: dict[str, Any] = {"PartitionKey": record.request_id, "RowKey": ROW_KEY}
+    for name, key in _STORED:
+        value = getattr(record, name)
+        if name in _DATETIMES:
+            value = iso_time(value)
+        elif name == "history":
+            value = json.dumps(list(value))
+        elif name == "status":
+            value = str(value)
+        if value is not None:
+            entity[key] = value
+    return entity
+
+
+def _from_entity(entity: Any) -> StatusRecord:
+    values: dict[str, Any] = {"request_id": entity["PartitionKey"]}
+    for f in fields(StatusRecord):
+        key = _pascal(f.name)
+        if f.name in {"request_id", "etag"} or key not in entity:
+            continue
+        value = entity[key]
+        if f.name in _DATETIMES:
+            value = parse_iso_time(value)
+        elif f.name == "history":
+            value = tuple(json.loads(value or "[]"))
+        elif f.name == "status":
+            value = Status(value)
+        values[f.name] = value
+    metadata = getattr(entity, "metadata", {}) or {}
+    return StatusRecord(**values, etag=metadata.get("etag"))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """``claimed``: this delivery owns the request now; ``finished``: nothing to do;
+    ``busy``: another delivery holds a live lease on it."""
+
+    kind: Literal["claimed", "finished", "busy"]
+    record: StatusRecord
+
+
+def _storage_error(action: str, error: Exception) -> TransientError:
+    return TransientError(
+        f"status table unavailable while {action}: {type(error).__name__}", code="StorageUnavailable"
+    )
+
+
+class StatusStore:
+    """Reads and writes status records in one Azure Table."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    async def ensure(self) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        with contextlib.suppress(ResourceExistsError):
+            await self._table.create_table()
+
+    async def get(self, request_id: str) -> StatusRecord | None:
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        try:
+            return _from_entity(await self._table.get_entity(request_id, ROW_KEY))
+        except ResourceNotFoundError:
+            return None
+        except AzureError as error:
+            raise _storage_error("reading a status", error) from error
+
+    async def create(self, record: StatusRecord) -> StatusRecord | None:
+        """Insert a new record; None when one with this requestId already exists."""
+        from azure.core.exceptions import AzureError, ResourceExistsError
+
+        try:
+            meta = await self._table.create_entity(_to_entity(record))
+        except ResourceExistsError:
+            return None
+        except AzureError as error:
+            raise _storage_error("creating a status", error) from error
+        return replace(record, etag=meta.get("etag"))
+
+    async def save(self, record: StatusRecord, **changes: Any) -> StatusRecord:
+        """Apply ``changes`` if nobody changed the record since it was read (ETag), else raise."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, ResourceModifiedError
+        from azure.data.tables import UpdateMode
+
+        updated = replace(record, updated_at=utcnow(), **changes)
+        try:
+            meta = await self._table.update_entity(
+                _to_entity(updated),
+                mode=UpdateMode.REPLACE,
+                etag=record.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except ResourceModifiedError:
+            raise TransientError(
+                f"status of {record.request_id} changed under us; will retry", code="StatusConflict"
+            ) from None
+        except AzureError as error:
+            raise _storage_error("saving a status", error) from error
+        return replace(updated, etag=meta.get("etag"))
+
+    async def put(self, record: StatusRecord) -> StatusRecord:
+        """Write unconditionally (poison handler: the last word on a request)."""
+        from azure.core.exceptions import AzureError
+        from azure.data.tables import UpdateMode
+
+        record = replace(record, updated_at=utcnow())
+        try:
+            meta = await self._table.upsert_entity(_to_entity(record), mode=UpdateMode.REPLACE)
+        except AzureError as error:
+            raise _storage_error("writing a status", error) from error
+        return replace(record, etag=meta.get("etag"))
+
+    async def claim(self, template: StatusRecord, *, owner: str) -> Claim:
+        """Take the request for this delivery, or say why not (finished / busy elsewhere)."""
+        now = utcnow()
+        lease: dict[str, Any] = {"lease_owner": owner, "lease_until": now + LEASE, "status": Status.PROCESSING}
+        for _ in range(5):
+            current = await self.get(template.request_id)
+            if current is None:
+                first = replace(template, attempts=1, created_at=now, updated_at=now, **lease)
+                created = await self.create(replace(first, history=first.with_event("claimed")))
+                if created is not None:
+                    return Claim("claimed", created)
+                continue
+            if current.status.terminal:
+                return Claim("finished", current)
+            if (
+                current.status is Status.PROCESSING
+                and current.lease_owner not in (None, owner)
+                and current.lease_until is not None
+                and current.lease_until > now
+            ):
+                return Claim("busy", current)
+            bumped = replace(current, attempts=current.attempts + 1)
+            try:
+                saved = await self.save(
+                    bumped,
+                    history=bumped.with_event("claimed"),
+                    message_hash=current.message_hash or template.message_hash,
+                    **lease,
+                )
+            except TransientError as error:
+                if error.code == "StatusConflict":
+                    continue
+                raise
+            return Claim("claimed", saved)
+        raise TransientError("the status record kept changing while claiming it", code="StatusConflict")
+
+    async def release(self, record: StatusRecord, event: str, **details: Any) -> StatusRecord:
+        """Give the lease back so the next delivery can claim at once; note why in the history."""
+        return await self.save(
+            record, lease_owner=None, lease_until=None, history=record.with_event(event, **details)
+        )
+
+    async def delete(self, request_id: str) -> None:
+        """Best effort: remove a record whose request never made it onto the queue."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            await self._table.delete_entity(request_id, ROW_KEY)
+        except AzureError as error:
+            log_failure = _storage_error("deleting a status", error)
+            raise log_failure from error
+
+    async def query(self, odata_filter: str, parameters: dict[str, Any], limit: int) -> list[StatusRecord]:
+        """Records matching a table filter, at most ``limit`` of them."""
+        from azure.core.exceptions import AzureError
+
+        found: list[StatusRecord] = []
+        try:
+            async for entity in self._table.query_entities(
+                odata_filter, parameters=parameters, results_per_page=min(limit, 1000)
+            ):
+                found.append(_from_entity(entity))
+                if len(found) >= limit:
+                    break
+        except AzureError as error:
+            raise _storage_error("querying statuses", error) from error
+        return found
+
+    async def find_by_message_hash(self, message_hash: str) -> StatusRecord | None:
+        """The record of a message known only by its body (poison copies have new message ids)."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            async for entity in self._table.query_entities(
+                "MessageHash eq @h", parameters={"h": message_hash}, results_per_page=1
+            ):
+                return _from_entity(entity)
+        except AzureError as error:
+            raise _storage_error("searching statuses", error) from error
+        return None
+
+    async def scan(self, odata_filter: str, parameters: dict[str, Any]) -> AsyncIterator[StatusRecord]:
+        """Every record matching a table filter, page by page (reports of any size, flat memory)."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            async for entity in self._table.query_entities(
+                odata_filter, parameters=parameters, results_per_page=1000
+            ):
+                yield _from_entity(entity)
+        except AzureError as error:
+            raise _storage_error("querying statuses", error) from error
+
+    # Other entities that share the table (bulk file progress) are plain property dicts,
+    # stored under RowKeys other than "status" so no status query ever returns them.
+
+    async def read_entity(self, partition_key: str, row_key: str) -> dict[str, Any] | None:
+        """One non-status entity's properties, or None when it does not exist."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        if row_key == ROW_KEY:
+            raise ValueError("status records are read with get()")
+        try:
+            return dict(await self._table.get_entity(partition_key, row_key))
+        except ResourceNotFoundError:
+            return None
+        except AzureError as error:
+            raise _storage_error(f"reading {partition_key}", error) from error
+
+    async def write_entity(self, entity: dict[str, Any]) -> None:
+        """Create or replace one non-status entity (it carries its PartitionKey and RowKey)."""
+        from azure.core.exceptions import AzureError
+        from azure.data.tables import UpdateMode
+
+        if entity.get("RowKey") == ROW_KEY:
+            raise ValueError("status records are written with create(), save() or put()")
+        try:
+            await self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        except AzureError as error:
+            raise _storage_error(f"writing {entity.get('PartitionKey')}", error) from error
+
+    async def aclose(self) -> None:
+        await self._table.close()

@@ -12,9 +12,13 @@ ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # others get a 405 prob
 
 async def _http(handler: api.Handler, req: func.HttpRequest) -> func.HttpResponse:
     request = api.ApiRequest(
-        method=req.method, url=req.url, body=req.get_body(), headers=dict(req.headers),
-        params=dict(req.params), route_params=dict(req.route_params),
-    )  # fmt: skip
+        method=req.method,
+        url=req.url,
+        body=req.get_body(),
+        headers=dict(req.headers),
+        params=dict(req.params),
+        route_params=dict(req.route_params),
+    )
     response = await handler(request)
     return func.HttpResponse(
         response.body_bytes(), status_code=response.status, headers=response.headers, mimetype=response.content_type

@@ -23,9 +23,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (public, documented in the Azurite README).
-ACCOUNT_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 class AzuriteError(RuntimeError):
@@ -93,10 +91,13 @@ def start_azurite(
         "--skipApiVersionCheck",
         "--loose",
         "--disableTelemetry",
-        "--blobPort", str(ports[0]),
-        "--queuePort", str(ports[1]),
-        "--tablePort", str(ports[2]),
-    ]  # fmt: skip
+        "--blobPort",
+        str(ports[0]),
+        "--queuePort",
+        str(ports[1]),
+        "--tablePort",
+        str(ports[2]),
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
     if not all(_wait_for_port(p, deadline) for p in ports):
@@ -132,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue-port", type=int, default=10001)
     parser.add_argument("--table-port", type=int, default=10002)
     args = parser.parse_args(argv)
-    proc, endpoints = start_azurite(
-        blob_port=args.blob_port, queue_port=args.queue_port, table_port=args.table_port
-    )
+    proc, endpoints = start_azurite(blob_port=args.blob_port, queue_port=args.queue_port, table_port=args.table_port)
     print(endpoints.connection_string, flush=True)
     try:
         proc.wait()

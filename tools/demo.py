@@ -29,13 +29,15 @@ LEE = "5e0c1d2a-0008-4a5b-9c3d-000000000008"
 
 SAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("reset by id", {"userId": "5e0c1d2a-0001-4a5b-9c3d-000000000001", "ticketId": "INC-1001"}),
-    ("by email, new address",
-     {"email": "brian.j@tailspin.example", "newEmail": "brian@new.example", "ticketId": "INC-1002"}),
+    (
+        "by email, new address",
+        {"email": "brian.j@tailspin.example", "newEmail": "brian@new.example", "ticketId": "INC-1002"},
+    ),
     ("a member (refused)", {"userId": "5e0c1d2a-0003-4a5b-9c3d-000000000003", "ticketId": "INC-1003"}),
     ("unknown user", {"email": "nobody@nowhere.example", "ticketId": "INC-1004"}),
     ("meets a 429 first", {"userId": LEE, "ticketId": "INC-1005"}),
     ("dry run", {"userId": "5e0c1d2a-0009-4a5b-9c3d-000000000009", "dryRun": True, "ticketId": "INC-1006"}),
-]  # fmt: skip
+]
 
 
 def main() -> int:
@@ -90,8 +92,11 @@ def _print(console: Console, outcomes: dict[str, dict[str, Any]], invitations: i
     for label, entity in outcomes.items():
         note = "Graph answered 429 first; waited Retry-After" if entity.get("UserId") in throttled else ""
         status = entity.get("Status", "(none yet)")
-        where = {"Succeeded": "reset sent, result queue", "DryRunPassed": "checks only, result queue",
-                 "Failed": "poison queue → Failed, result queue"}.get(status, "still queued")  # fmt: skip
+        where = {
+            "Succeeded": "reset sent, result queue",
+            "DryRunPassed": "checks only, result queue",
+            "Failed": "poison queue → Failed, result queue",
+        }.get(status, "still queued")
         table.add_row(label, status, entity.get("ErrorCode") or "", str(entity.get("Attempts", "")), where, note)
     console.print(table)
     console.print(f"invitations the Graph emulator received: {invitations}")

@@ -55,8 +55,13 @@ class ApiResponse:
         return b"" if self.body is None else json.dumps(self.body, separators=(",", ":")).encode()
 
 
-def problem(status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None,
-            headers: dict[str, str] | None = None) -> ApiResponse:  # fmt: skip
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ApiResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if errors:
         body["errors"] = errors
@@ -72,8 +77,9 @@ def guarded(*methods: str) -> Callable[[Handler], Handler]:
     def wrap(handler: Handler) -> Handler:
         async def run(request: ApiRequest) -> ApiResponse:
             if request.method.upper() not in methods:
-                return problem(405, "Method not allowed", f"use {' or '.join(methods)}",
-                               headers={"Allow": ", ".join(methods)})  # fmt: skip
+                return problem(
+                    405, "Method not allowed", f"use {' or '.join(methods)}", headers={"Allow": ", ".join(methods)}
+                )
             try:
                 refusal = _authorize(request)
                 if refusal is not None:

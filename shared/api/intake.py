@@ -41,7 +41,6 @@ CONCURRENCY = 32
 STALE_ACCEPTED = timedelta(minutes=2)
 
 
-
 @dataclass(frozen=True)
 class Receipt:
     request_id: str
@@ -96,8 +95,13 @@ def validate_submission(
                 problems.append({**where, "field": prefix + p["field"], "message": p["message"]})
             continue
         if request.callback_url and not callback_allowed(request.callback_url, runtime.settings):
-            problems.append({**where, "field": prefix + "callbackUrl",
-                             "message": "host is not on the callback allowlist (CALLBACK_ALLOWED_HOSTS)"})  # fmt: skip
+            problems.append(
+                {
+                    **where,
+                    "field": prefix + "callbackUrl",
+                    "message": "host is not on the callback allowlist (CALLBACK_ALLOWED_HOSTS)",
+                }
+            )
         request_id = request.request_id or (
             (f"{idempotency_key}.{index}" if batch else idempotency_key) if idempotency_key else str(uuid.uuid4())
         )
@@ -114,8 +118,9 @@ def validate_submission(
         accepted.append((request, request_id))
     if problems:
         count = len({p.get("index", 0) for p in problems})
-        raise IntakeError(400, "Invalid reset request", f"{count} request(s) are invalid; nothing was enqueued",
-                          problems)  # fmt: skip
+        raise IntakeError(
+            400, "Invalid reset request", f"{count} request(s) are invalid; nothing was enqueued", problems
+        )
     return accepted
 
 

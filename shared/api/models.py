@@ -11,8 +11,12 @@ from shared.reset.contract import ResetOutcome, ResetRequest
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              field_title_generator=lambda name, _info: to_camel(name))  # fmt: skip
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        field_title_generator=lambda name, _info: to_camel(name),
+    )
 
 
 class ResetSubmission(ResetRequest):

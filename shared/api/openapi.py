@@ -15,8 +15,14 @@ from pydantic import BaseModel
 from shared.api import models as m
 
 _MODELS: tuple[type[BaseModel], ...] = (
-    m.ResetSubmission, m.SubmissionAccepted, m.ResetStatus, m.Problem, m.PoisonList, m.ReplayOrder,
-    m.ReplayResult, m.Health,
+    m.ResetSubmission,
+    m.SubmissionAccepted,
+    m.ResetStatus,
+    m.Problem,
+    m.PoisonList,
+    m.ReplayOrder,
+    m.ReplayResult,
+    m.Health,
 )
 _DROP = {"title", "default", "$schema", "$id"}
 
@@ -98,13 +104,22 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "x-ms-visibility": "important",
                     "parameters": [
                         {"name": "body", "in": "body", "required": True, "schema": _ref("ResetSubmission")},
-                        {"name": "Idempotency-Key", "in": "header", "required": False, "type": "string",
-                         "x-ms-summary": "Idempotency key", "x-ms-visibility": "advanced",
-                         "description": "Makes a resubmission return the existing request."},
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "type": "string",
+                            "x-ms-summary": "Idempotency key",
+                            "x-ms-visibility": "advanced",
+                            "description": "Makes a resubmission return the existing request.",
+                        },
                     ],
                     "responses": {
-                        "202": {"description": "Accepted", "schema": _ref("SubmissionAccepted"),
-                                "headers": {**retry_after, "Location": {"type": "string"}}},
+                        "202": {
+                            "description": "Accepted",
+                            "schema": _ref("SubmissionAccepted"),
+                            "headers": {**retry_after, "Location": {"type": "string"}},
+                        },
                         "400": _problem("Invalid request: every bad item and field is listed"),
                         "403": _problem("Caller not allowed"),
                         "413": _problem("Body over 1 MB or batch over 1,000"),
@@ -116,12 +131,22 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                 "get": {
                     "operationId": "GetResetStatus",
                     "summary": "Get the outcome of a reset request",
-                    "parameters": [{"name": "requestId", "in": "path", "required": True, "type": "string",
-                                    "x-ms-summary": "Request id"}],
+                    "parameters": [
+                        {
+                            "name": "requestId",
+                            "in": "path",
+                            "required": True,
+                            "type": "string",
+                            "x-ms-summary": "Request id",
+                        }
+                    ],
                     "responses": {
                         "200": {"description": "Finished", "schema": _ref("ResetStatus")},
-                        "202": {"description": "Still running", "schema": _ref("ResetStatus"),
-                                "headers": {**retry_after, "Location": {"type": "string"}}},
+                        "202": {
+                            "description": "Still running",
+                            "schema": _ref("ResetStatus"),
+                            "headers": {**retry_after, "Location": {"type": "string"}},
+                        },
                         "404": _problem("Unknown requestId"),
                     },
                 }
@@ -131,8 +156,10 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "operationId": "GetHealth",
                     "summary": "Check settings and storage",
                     "x-ms-visibility": "internal",
-                    "responses": {"200": {"description": "Healthy", "schema": _ref("Health")},
-                                  "503": {"description": "Unhealthy", "schema": _ref("Health")}},
+                    "responses": {
+                        "200": {"description": "Healthy", "schema": _ref("Health")},
+                        "503": {"description": "Unhealthy", "schema": _ref("Health")},
+                    },
                 }
             },
             "/poison": {
@@ -143,11 +170,19 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "parameters": [
                         {"name": "errorCode", "in": "query", "required": False, "type": "string"},
                         {"name": "requestId", "in": "query", "required": False, "type": "string"},
-                        {"name": "max", "in": "query", "required": False, "type": "integer", "minimum": 1,
-                         "maximum": 1000},
+                        {
+                            "name": "max",
+                            "in": "query",
+                            "required": False,
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                        },
                     ],
-                    "responses": {"200": {"description": "Failed requests", "schema": _ref("PoisonList")},
-                                  "400": _problem("Bad query")},
+                    "responses": {
+                        "200": {"description": "Failed requests", "schema": _ref("PoisonList")},
+                        "400": _problem("Bad query"),
+                    },
                 }
             },
             "/poison/replay": {
@@ -156,8 +191,10 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "summary": "Put failed requests back on the request queue (admin key)",
                     "x-ms-visibility": "internal",
                     "parameters": [{"name": "body", "in": "body", "required": True, "schema": _ref("ReplayOrder")}],
-                    "responses": {"200": {"description": "What moved", "schema": _ref("ReplayResult")},
-                                  "400": _problem("Bad replay order")},
+                    "responses": {
+                        "200": {"description": "What moved", "schema": _ref("ReplayResult")},
+                        "400": _problem("Bad replay order"),
+                    },
                 }
             },
         },

@@ -41,7 +41,6 @@ class FileState(StrEnum):
     REJECTED = "Rejected"
 
 
-
 @dataclass(frozen=True)
 class FileProgress:
     """How far one file (by content) got; ``rows_sent`` rows from the first are on the queue."""
@@ -69,12 +68,20 @@ class FileProgress:
 
     def to_entity(self) -> dict[str, Any]:
         entity: dict[str, Any] = {
-            "PartitionKey": self.partition_key, "RowKey": PROGRESS_ROW_KEY, "Sha256": self.sha256,
-            "FileName": self.file_name[:1024], "State": str(self.state), "RowsTotal": self.rows_total,
-            "RowsSent": self.rows_sent, "SendingThrough": self.sending_through, "Runs": self.runs,
-            "ProblemCount": self.problem_count, "CreatedAt": iso_time(self.created_at),
-            "UpdatedAt": iso_time(self.updated_at), "FinishedAt": iso_time(self.finished_at),
-        }  # fmt: skip
+            "PartitionKey": self.partition_key,
+            "RowKey": PROGRESS_ROW_KEY,
+            "Sha256": self.sha256,
+            "FileName": self.file_name[:1024],
+            "State": str(self.state),
+            "RowsTotal": self.rows_total,
+            "RowsSent": self.rows_sent,
+            "SendingThrough": self.sending_through,
+            "Runs": self.runs,
+            "ProblemCount": self.problem_count,
+            "CreatedAt": iso_time(self.created_at),
+            "UpdatedAt": iso_time(self.updated_at),
+            "FinishedAt": iso_time(self.finished_at),
+        }
         return {k: v for k, v in entity.items() if v is not None}
 
     @classmethod
@@ -96,11 +103,17 @@ class FileProgress:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "fileId": self.file_id, "sha256": self.sha256, "fileName": self.file_name, "state": str(self.state),
-            "rowsTotal": self.rows_total, "rowsSent": self.rows_sent, "runs": self.runs,
-            "createdAt": iso_time(self.created_at), "updatedAt": iso_time(self.updated_at),
+            "fileId": self.file_id,
+            "sha256": self.sha256,
+            "fileName": self.file_name,
+            "state": str(self.state),
+            "rowsTotal": self.rows_total,
+            "rowsSent": self.rows_sent,
+            "runs": self.runs,
+            "createdAt": iso_time(self.created_at),
+            "updatedAt": iso_time(self.updated_at),
             "finishedAt": iso_time(self.finished_at),
-        }  # fmt: skip
+        }
 
 
 async def load_progress(store: StatusStore, file_id: str) -> FileProgress | None:
@@ -233,8 +246,9 @@ async def enqueue(
     except BaseExceptionGroup as failure:
         with contextlib.suppress(ResetError):
             await checkpoints.write()
-        log.warning("bulk file %s stopped after %d of %d rows", progress.file_id, checkpoints.watermark,
-                    progress.rows_total)  # fmt: skip
+        log.warning(
+            "bulk file %s stopped after %d of %d rows", progress.file_id, checkpoints.watermark, progress.rows_total
+        )
         first = next((e for e in failure.exceptions if isinstance(e, ResetError)), failure.exceptions[0])
         raise first from None
     await checkpoints.write(state=FileState.DONE, finished_at=utcnow())
@@ -292,8 +306,12 @@ async def start_progress(store: StatusStore, *, sha256: str, file_name: str, row
 
 async def record_rejection(store: StatusStore, *, sha256: str, file_name: str, rows: int, problems: int) -> None:
     """Note that this content was refused (a file with an invalid row never sends anything)."""
-    await save_progress(store, FileProgress(sha256[:16], sha256, file_name, FileState.REJECTED, rows,
-                                            problem_count=problems, finished_at=utcnow()))  # fmt: skip
+    await save_progress(
+        store,
+        FileProgress(
+            sha256[:16], sha256, file_name, FileState.REJECTED, rows, problem_count=problems, finished_at=utcnow()
+        ),
+    )
 
 
 def storage_failure(action: str, error: Exception) -> TransientError:

@@ -66,8 +66,15 @@ class FileOutcome:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "result": self.result, "rows": self.rows, "sent": self.sent,
-                "problems": self.problems, "report": self.report, "error": self.error}  # fmt: skip
+        return {
+            "name": self.name,
+            "result": self.result,
+            "rows": self.rows,
+            "sent": self.sent,
+            "problems": self.problems,
+            "report": self.report,
+            "error": self.error,
+        }
 
 
 class _CsvSpool:
@@ -119,8 +126,14 @@ async def run_bulk_job() -> list[FileOutcome]:
             outcomes.append(outcome)
     failed = [o for o in outcomes if o.result == "failed"]
     counts = Counter(o.result for o in outcomes)
-    log.info("bulk job: %d file(s), %d processed, %d rejected, %d failed, %d busy in another run", len(outcomes),
-             counts["processed"], counts["rejected"], len(failed), counts["busy"])  # fmt: skip
+    log.info(
+        "bulk job: %d file(s), %d processed, %d rejected, %d failed, %d busy in another run",
+        len(outcomes),
+        counts["processed"],
+        counts["rejected"],
+        len(failed),
+        counts["busy"],
+    )
     if failed:
         # The invocation shows as failed; the files stay in incoming/ and the next run resumes them.
         raise TransientError(
@@ -193,14 +206,16 @@ async def _chunks(blob: BlobClient, etag: str) -> AsyncIterator[bytes]:
         async for chunk in downloader.chunks():
             yield chunk
     except (ResourceModifiedError, ResourceNotFoundError):
-        raise BulkFileChangedError(f"{blob.blob_name} was replaced or removed while being read; "
-                                   "it is taken up again at the next run") from None  # fmt: skip
+        raise BulkFileChangedError(
+            f"{blob.blob_name} was replaced or removed while being read; it is taken up again at the next run"
+        ) from None
     except AzureError as error:
         raise storage_failure(f"reading {blob.blob_name}", error) from error
 
 
-async def _validate(blob: BlobClient, etag: str, errors: _CsvSpool, rejection: _CsvSpool,
-                    **options: Any) -> BulkCsvReader:  # fmt: skip
+async def _validate(
+    blob: BlobClient, etag: str, errors: _CsvSpool, rejection: _CsvSpool, **options: Any
+) -> BulkCsvReader:
     """Read the whole blob through a reader made with ``options``: problems to ``errors``, rows to ``rejection``."""
 
     def problem(p: CsvProblem) -> None:
@@ -219,8 +234,9 @@ async def _validate(blob: BlobClient, etag: str, errors: _CsvSpool, rejection: _
     return reader
 
 
-async def _process(runtime: Runtime, container: ContainerClient, blob_name: str, name: str,
-                   lease: BlobLeaseClient) -> FileOutcome:  # fmt: skip
+async def _process(
+    runtime: Runtime, container: ContainerClient, blob_name: str, name: str, lease: BlobLeaseClient
+) -> FileOutcome:
     settings = runtime.settings
     blob = container.get_blob_client(blob_name)
     properties = await blob.get_blob_properties()
@@ -242,14 +258,27 @@ async def _process(runtime: Runtime, container: ContainerClient, blob_name: str,
             rejection.close()
             errors, rejection = _CsvSpool(ERROR_COLUMNS), _CsvSpool(REPORT_COLUMNS)
             check = RepeatCheck(reader.repeat_candidates)
-            reader = await _validate(blob, etag, errors, rejection, settings=settings, source=source,
-                                     repeat_check=check)  # fmt: skip
+            reader = await _validate(
+                blob, etag, errors, rejection, settings=settings, source=source, repeat_check=check
+            )
         summary = summary_of(reader)
         if not summary.valid:
-            await record_rejection(runtime.status, sha256=summary.sha256, file_name=name, rows=summary.rows,
-                                   problems=summary.problem_count)  # fmt: skip
-            return await _reject(runtime, container, blob, lease, name, etag, summary.sha256, summary.rows,
-                                 summary.problems, (errors, rejection), summary.problem_count)  # fmt: skip
+            await record_rejection(
+                runtime.status, sha256=summary.sha256, file_name=name, rows=summary.rows, problems=summary.problem_count
+            )
+            return await _reject(
+                runtime,
+                container,
+                blob,
+                lease,
+                name,
+                etag,
+                summary.sha256,
+                summary.rows,
+                summary.problems,
+                (errors, rejection),
+                summary.problem_count,
+            )
     finally:
         errors.close()
         rejection.close()
@@ -261,11 +290,16 @@ async def _process(runtime: Runtime, container: ContainerClient, blob_name: str,
     try:
 
         def accepted(row: BulkRow, request_id: str) -> None:
-            report.write((row.row, row.line, request_id, "accepted" if row.row >= start_row else "alreadyAccepted",
-                          ""))  # fmt: skip
+            report.write((row.row, row.line, request_id, "accepted" if row.row >= start_row else "alreadyAccepted", ""))
 
-        rows = rows_to_send(_chunks(blob, etag), sha256=summary.sha256, settings=settings, start_row=start_row,
-                            source=source, on_row=accepted)  # fmt: skip
+        rows = rows_to_send(
+            _chunks(blob, etag),
+            sha256=summary.sha256,
+            settings=settings,
+            start_row=start_row,
+            source=source,
+            on_row=accepted,
+        )
         sent = 0
         if progress.done:
             async for _ in rows:  # a copy of a file already sent: the report only
@@ -273,8 +307,7 @@ async def _process(runtime: Runtime, container: ContainerClient, blob_name: str,
         else:
             if start_row > 1:
                 log.info("bulk file %s resumes at row %d of %d", name, start_row, summary.rows)
-            outcome = await enqueue(rows, progress=progress, store=runtime.status,
-                                    send=runtime.publisher.send_request)  # fmt: skip
+            outcome = await enqueue(rows, progress=progress, store=runtime.status, send=runtime.publisher.send_request)
             sent = outcome.sent
         report_name = await _upload(container, REPORTS, f"{name}.report.csv", summary.sha256, report)
     finally:
@@ -309,8 +342,9 @@ async def _reject(
     await _move(container, blob, lease, etag, REJECTED, name, sha256)
     count = problem_count if problem_count is not None else len(problems)
     log.warning("bulk file %s rejected: %d problem(s), first: %s", name, count, problems[0] if problems else "-")
-    return FileOutcome(name, "rejected", rows=rows, problems=count, report=report_name,
-                       error=str(problems[0]) if problems else None)  # fmt: skip
+    return FileOutcome(
+        name, "rejected", rows=rows, problems=count, report=report_name, error=str(problems[0]) if problems else None
+    )
 
 
 async def _target(container: ContainerClient, folder: str, name: str, sha256: str) -> str:
@@ -335,8 +369,9 @@ async def _upload(container: ContainerClient, folder: str, name: str, sha256: st
     return target
 
 
-async def _move(container: ContainerClient, blob: BlobClient, lease: BlobLeaseClient, etag: str, folder: str,
-                name: str, sha256: str) -> None:  # fmt: skip
+async def _move(
+    container: ContainerClient, blob: BlobClient, lease: BlobLeaseClient, etag: str, folder: str, name: str, sha256: str
+) -> None:
     """Copy by streaming (works the same with keys and with managed identity), then delete the source."""
     from azure.core import MatchConditions
     from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError

@@ -43,12 +43,24 @@ class Outcome:
     def from_public(cls, body: dict[str, Any] | None, request_id: str, row: int | None) -> Outcome:
         if body is None:
             return cls(request_id, QUEUED, row)
-        return cls(request_id, str(body.get("status")), row, body.get("errorCode"), body.get("errorMessage"),
-                   body.get("updatedAt"))  # fmt: skip
+        return cls(
+            request_id,
+            str(body.get("status")),
+            row,
+            body.get("errorCode"),
+            body.get("errorMessage"),
+            body.get("updatedAt"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"row": self.row, "requestId": self.request_id, "status": self.status, "errorCode": self.error_code,
-                "errorMessage": self.error_message, "updatedAt": self.updated_at}  # fmt: skip
+        return {
+            "row": self.row,
+            "requestId": self.request_id,
+            "status": self.status,
+            "errorCode": self.error_code,
+            "errorMessage": self.error_message,
+            "updatedAt": self.updated_at,
+        }
 
 
 @dataclass(frozen=True)
@@ -111,8 +123,14 @@ class Summary:
         return self.by_status.get(str(Status.FAILED), 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "terminal": self.terminal, "allTerminal": self.all_terminal,
-                "failed": self.failed, "byStatus": self.by_status, "byErrorCode": self.by_error_code}  # fmt: skip
+        return {
+            "total": self.total,
+            "terminal": self.terminal,
+            "allTerminal": self.all_terminal,
+            "failed": self.failed,
+            "byStatus": self.by_status,
+            "byErrorCode": self.by_error_code,
+        }
 
 
 def summarize(outcomes: Sequence[Outcome]) -> Summary:

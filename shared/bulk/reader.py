@@ -28,10 +28,21 @@ from shared.reset.contract import ResetRequest, describe_validation_error
 
 # Columns a file may have, in contract order. requestId is not one of them: it is derived.
 COLUMNS = (
-    "userId", "userPrincipalName", "email", "newEmail", "sendInvitationMessage", "inviteRedirectUrl",
-    "messageLanguage", "ccRecipients", "customizedMessageBody", "ticketId", "requestedBy", "source",
-    "callbackUrl", "dryRun",
-)  # fmt: skip
+    "userId",
+    "userPrincipalName",
+    "email",
+    "newEmail",
+    "sendInvitationMessage",
+    "inviteRedirectUrl",
+    "messageLanguage",
+    "ccRecipients",
+    "customizedMessageBody",
+    "ticketId",
+    "requestedBy",
+    "source",
+    "callbackUrl",
+    "dryRun",
+)
 USER_KEYS = ("userId", "userPrincipalName", "email")
 BOOLEAN_COLUMNS = frozenset({"sendInvitationMessage", "dryRun"})
 LIST_SEPARATOR = "|"  # inside a ccRecipients cell; ";" may be the delimiter
@@ -66,8 +77,7 @@ class CsvProblem:
     row: int | None = None  # the data row (1 = first row after the header)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "column": self.column, "field": self.field, "row": self.row,
-                "message": self.message}  # fmt: skip
+        return {"line": self.line, "column": self.column, "field": self.field, "row": self.row, "message": self.message}
 
     def __str__(self) -> str:
         where = f"line {self.line}, column {self.column}" + (f" ({self.field})" if self.field else "")
@@ -137,9 +147,10 @@ def _scan(line: str, line_no: int, delimiter: str, scan: _Scan) -> None:
         elif state == _PLAIN:
             if char == '"':
                 scan.error = CsvProblem(
-                    line_no, scan.column, "a quote inside an unquoted cell: quote the whole cell and double "
-                    'the quote ("like ""this""")',
-                )  # fmt: skip
+                    line_no,
+                    scan.column,
+                    'a quote inside an unquoted cell: quote the whole cell and double the quote ("like ""this""")',
+                )
                 return
         elif state == _QUOTE_SEEN:
             if char == '"':
@@ -265,11 +276,11 @@ class BulkCsvReader:
                 yield from self._block(tail)
             if self._record and not self._done:
                 scan = self._record_scan
-                self._fatal_problem(scan.open_line, scan.open_column,
-                                    "the quote that opens this cell is never closed")  # fmt: skip
+                self._fatal_problem(scan.open_line, scan.open_column, "the quote that opens this cell is never closed")
         if self._header is None and not self._done:
-            self._problem(CsvProblem(1, 1, "the file is empty: the first line must be a header such as "
-                                           "userId,newEmail,ticketId"))  # fmt: skip
+            self._problem(
+                CsvProblem(1, 1, "the file is empty: the first line must be a header such as userId,newEmail,ticketId")
+            )
         elif self.rows == 0 and not self._done:
             self._problem(CsvProblem(self._line + 1, 1, "the file has a header but no rows"))
         self._done = True
@@ -314,8 +325,11 @@ class BulkCsvReader:
                 _scan(line, self._line, self._delimiter, self._record_scan)
             if self._record_chars > MAX_RECORD_CHARS:
                 scan = self._record_scan
-                self._fatal_problem(scan.open_line, scan.open_column,
-                                    "a quoted cell runs on for more than 64 KB: is its closing quote missing?")
+                self._fatal_problem(
+                    scan.open_line,
+                    scan.open_column,
+                    "a quoted cell runs on for more than 64 KB: is its closing quote missing?",
+                )
                 return None
             if self._record_scan.error is None and self._record_scan.state == _QUOTED:
                 return None
@@ -387,8 +401,14 @@ class BulkCsvReader:
             elif name in COLUMNS:
                 self._columns[name] = index - 1
             elif name == "requestId":
-                self._problem(CsvProblem(line, index, "requestId is derived from the file and the row "
-                                                      "(bulk-<file hash>-<row>); remove the column", name))  # fmt: skip
+                self._problem(
+                    CsvProblem(
+                        line,
+                        index,
+                        "requestId is derived from the file and the row (bulk-<file hash>-<row>); remove the column",
+                        name,
+                    )
+                )
             else:
                 hint = known.get(name.lower()) or next(iter(difflib.get_close_matches(name, COLUMNS, n=1)), None)
                 tip = f"; did you mean {hint!r}?" if hint else f"; columns are {', '.join(COLUMNS)}"
@@ -413,10 +433,15 @@ class BulkCsvReader:
         if len(cells) != len(header):
             column = len(header) + 1 if len(cells) > len(header) else len(cells) + 1
             what = "too many" if len(cells) > len(header) else "too few"
-            problems.append(CsvProblem(
-                line, column, f"{what} cells: the row has {len(cells)}, the header has {len(header)} "
-                "(quote a cell that contains the delimiter)", row=row,
-            ))  # fmt: skip
+            problems.append(
+                CsvProblem(
+                    line,
+                    column,
+                    f"{what} cells: the row has {len(cells)}, the header has {len(header)} "
+                    "(quote a cell that contains the delimiter)",
+                    row=row,
+                )
+            )
             return self._invalid(row, line, problems)
         data: dict[str, Any] = {name: value for name, index in self._plain if (value := cells[index].strip())}
         for name, index in self._special:
@@ -428,8 +453,9 @@ class BulkCsvReader:
                 continue
             lowered = value.lower()
             if lowered not in _TRUE and lowered not in _FALSE:
-                problems.append(CsvProblem(line, index + 1, f"{value!r} is not a boolean: use true or false",
-                                           name, row))  # fmt: skip
+                problems.append(
+                    CsvProblem(line, index + 1, f"{value!r} is not a boolean: use true or false", name, row)
+                )
                 continue
             data[name] = lowered in _TRUE
         for key, value in self._defaults.items():
@@ -444,9 +470,15 @@ class BulkCsvReader:
                 problems.append(CsvProblem(line, column, item["message"], row=row))
         callback = request.callback_url if request is not None else None
         if callback and self._settings is not None and not callback_allowed(callback, self._settings):
-            problems.append(CsvProblem(line, self._column("callbackUrl"),
-                                       "host is not on the callback allowlist (CALLBACK_ALLOWED_HOSTS)",
-                                       "callbackUrl", row))  # fmt: skip
+            problems.append(
+                CsvProblem(
+                    line,
+                    self._column("callbackUrl"),
+                    "host is not on the callback allowlist (CALLBACK_ALLOWED_HOSTS)",
+                    "callbackUrl",
+                    row,
+                )
+            )
         if problems:
             return self._invalid(row, line, sorted(problems, key=lambda p: p.column))
         assert request is not None
@@ -454,8 +486,13 @@ class BulkCsvReader:
             self._sieve.add(request)
         elif self._repeat_check is not None and (repeat := self._repeat_check.repeat(request, line)):
             name, first = repeat
-            problem = CsvProblem(line, self._column(name), f"the same user as line {first}: a file may reset "
-                                 "each guest once (remove one of the two rows)", name, row)  # fmt: skip
+            problem = CsvProblem(
+                line,
+                self._column(name),
+                f"the same user as line {first}: a file may reset each guest once (remove one of the two rows)",
+                name,
+                row,
+            )
             return self._invalid(row, line, [problem])
         return BulkRow(row, line, request)
 
@@ -463,9 +500,7 @@ class BulkCsvReader:
         self.invalid_rows += 1
         header = self._header or []
         # A problem found by position (quoting, cell count) gets the column's name here.
-        placed = [
-            CsvProblem(p.line, p.column, p.message, p.field or _name_at(header, p.column), row) for p in problems
-        ]
+        placed = [CsvProblem(p.line, p.column, p.message, p.field or _name_at(header, p.column), row) for p in problems]
         for problem in placed:
             self._problem(problem)
         return BulkRow(row, line, None, tuple(placed))
@@ -505,9 +540,13 @@ class ValidationSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "sha256": self.sha256, "fileId": self.file_id, "rows": self.rows, "invalidRows": self.invalid_rows,
-            "problemCount": self.problem_count, "problems": [p.to_dict() for p in self.problems],
-        }  # fmt: skip
+            "sha256": self.sha256,
+            "fileId": self.file_id,
+            "rows": self.rows,
+            "invalidRows": self.invalid_rows,
+            "problemCount": self.problem_count,
+            "problems": [p.to_dict() for p in self.problems],
+        }
 
 
 def summary_of(reader: BulkCsvReader) -> ValidationSummary:
@@ -516,8 +555,13 @@ def summary_of(reader: BulkCsvReader) -> ValidationSummary:
     )
 
 
-def validate_chunks(read: Callable[[], Iterable[bytes]], *, settings: Settings | None = None,
-                    source: str | None = None, requested_by: str | None = None) -> ValidationSummary:  # fmt: skip
+def validate_chunks(
+    read: Callable[[], Iterable[bytes]],
+    *,
+    settings: Settings | None = None,
+    source: str | None = None,
+    requested_by: str | None = None,
+) -> ValidationSummary:
     """Validate a whole file, ``read()`` giving its bytes in chunks; nothing but the problems is kept.
 
     The file is read a second time only when a user may be named twice (``shared.bulk.repeats``):

@@ -143,13 +143,18 @@ class SettingsError(Exception):
 
 # Graph 403 bodies that need a different fix than "grant the permission".
 _FORBIDDEN_HINTS = (
-    ("suspicious activity", "InvitationsBlocked",
-     "Microsoft blocked invitations for this tenant; open a support ticket, it does not lift by itself"),
-    ("not allowed for your company", "InvitationsDisabled",
-     "B2B invitations are disabled or restricted in the tenant's external collaboration settings"),
-    ("cross-tenant access", "CrossTenantAccessBlocked",
-     "cross-tenant access settings block this guest's home tenant"),
-)  # fmt: skip
+    (
+        "suspicious activity",
+        "InvitationsBlocked",
+        "Microsoft blocked invitations for this tenant; open a support ticket, it does not lift by itself",
+    ),
+    (
+        "not allowed for your company",
+        "InvitationsDisabled",
+        "B2B invitations are disabled or restricted in the tenant's external collaboration settings",
+    ),
+    ("cross-tenant access", "CrossTenantAccessBlocked", "cross-tenant access settings block this guest's home tenant"),
+)
 
 PERMISSION_HINT = (
     "grant the app's identity the Microsoft Graph application permission User.ReadWrite.All "
@@ -157,39 +162,40 @@ PERMISSION_HINT = (
 )
 
 
-def classify_graph_response(
-    status: int, body: Mapping[str, Any] | None, headers: Mapping[str, str]
-) -> ResetError:
+def classify_graph_response(status: int, body: Mapping[str, Any] | None, headers: Mapping[str, str]) -> ResetError:
     """Turn a failed Graph response into our error: permanent or transient, with request-id."""
     error = (body or {}).get("error") if isinstance(body, Mapping) else None
     error = error if isinstance(error, Mapping) else {}
     graph_code = str(error.get("code") or "")
     graph_message = str(error.get("message") or f"Graph answered HTTP {status}")
     inner = error.get("innerError") or error.get("innererror") or {}
-    request_id = headers.get("request-id") or (
-        inner.get("request-id") if isinstance(inner, Mapping) else None
-    )
+    request_id = headers.get("request-id") or (inner.get("request-id") if isinstance(inner, Mapping) else None)
     retry_after = parse_retry_after(headers.get("retry-after"))
     kw: dict[str, Any] = {"graph_request_id": request_id, "status": status}
 
     if status == 429:
         return TransientError(
             f"Graph throttled the request ({graph_message}); retrying after the wait it asked for",
-            code="GraphThrottled", retry_after=retry_after, **kw,
-        )  # fmt: skip
+            code="GraphThrottled",
+            retry_after=retry_after,
+            **kw,
+        )
     if status >= 500 or status == 408:
         return TransientError(
             f"Graph is unavailable (HTTP {status}: {graph_message})",
-            code="GraphUnavailable", retry_after=retry_after, **kw,
-        )  # fmt: skip
+            code="GraphUnavailable",
+            retry_after=retry_after,
+            **kw,
+        )
     if status == 409 and graph_code == "Directory_ConcurrencyViolation":
         # Graph documents this one as retryable: two writes raced on the same object.
         return TransientError(graph_message, code="GraphConcurrencyViolation", **kw)
     if status == 401:
         return GraphRequestError(
             f"Graph refused the app's token ({graph_message}); {PERMISSION_HINT}",
-            code="GraphUnauthorized", **kw,
-        )  # fmt: skip
+            code="GraphUnauthorized",
+            **kw,
+        )
     if status == 403:
         lowered = graph_message.lower()
         for needle, code, hint in _FORBIDDEN_HINTS:
@@ -198,8 +204,9 @@ def classify_graph_response(
         return GraphRequestError(
             f"Graph denied the operation ({graph_message}); {PERMISSION_HINT}. "
             "App-only resets also cannot touch users who hold directory roles.",
-            code="GraphForbidden", **kw,
-        )  # fmt: skip
+            code="GraphForbidden",
+            **kw,
+        )
     if status == 404:
         return UserNotFoundError(
             f"Graph has no such user ({graph_message}); check the userId/userPrincipalName",
@@ -210,12 +217,14 @@ def classify_graph_response(
     if status == 400 and "proxyAddresses" in graph_message:
         return PolicyRefusedError(
             f"{graph_message} The new email already belongs to another directory object.",
-            code="EmailInUse", **kw,
-        )  # fmt: skip
+            code="EmailInUse",
+            **kw,
+        )
     return GraphRequestError(
         f"Graph rejected the request (HTTP {status} {graph_code}: {graph_message})",
-        code="GraphBadRequest" if status == 400 else f"Graph{status}", **kw,
-    )  # fmt: skip
+        code="GraphBadRequest" if status == 400 else f"Graph{status}",
+        **kw,
+    )
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -46,8 +46,7 @@ DEFAULTS: dict[str, str] = {
     "GRAPH_MAX_ATTEMPTS": "5",
     "GRAPH_TIMEOUT_SECONDS": "30",
     "CALLBACK_ALLOWED_HOSTS": (
-        "*.logic.azure.com,*.azure-apim.net,*.flow.microsoft.com,*.powerautomate.com,"
-        "*.api.powerplatform.com"
+        "*.logic.azure.com,*.azure-apim.net,*.flow.microsoft.com,*.powerautomate.com,*.api.powerplatform.com"
     ),
     "ALLOWED_CALLERS": "",
     "BULK_CONTAINER": "bulk-resets",
@@ -277,9 +276,7 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         if not delays or any(d < 0 or d > 300 for d in delays):
             raise ValueError
     except ValueError:
-        reader.problems.append(
-            f"GRAPH_RETRY_DELAYS={delays_text!r} must be comma-separated seconds between 0 and 300"
-        )
+        reader.problems.append(f"GRAPH_RETRY_DELAYS={delays_text!r} must be comma-separated seconds between 0 and 300")
     hosts = tuple(h.strip().lower() for h in reader.text("CALLBACK_ALLOWED_HOSTS").split(",") if h.strip())
     settings = Settings(
         storage=storage,
@@ -299,9 +296,7 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         graph_max_attempts=int(reader.number("GRAPH_MAX_ATTEMPTS", minimum=1, maximum=20)),
         graph_timeout_seconds=reader.number("GRAPH_TIMEOUT_SECONDS", minimum=1, maximum=230),
         callback_allowed_hosts=hosts,
-        allowed_callers=frozenset(
-            c.strip().lower() for c in reader.text("ALLOWED_CALLERS").split(",") if c.strip()
-        ),
+        allowed_callers=frozenset(c.strip().lower() for c in reader.text("ALLOWED_CALLERS").split(",") if c.strip()),
         max_dequeue_count=_max_dequeue_count(env, reader),
         bulk_container=reader.name("BULK_CONTAINER", _CONTAINER_RE, "blob container name (3-63 chars)"),
         bulk_schedule=_schedule(reader, "BULK_SCHEDULE"),

@@ -65,9 +65,7 @@ def _https(value: str) -> str:
     return value
 
 
-Email = Annotated[
-    str, Field(max_length=254, json_schema_extra={"format": "email"}), AfterValidator(_email)
-]
+Email = Annotated[str, Field(max_length=254, json_schema_extra={"format": "email"}), AfterValidator(_email)]
 HttpsUrl = Annotated[
     str,
     Field(max_length=2048, json_schema_extra={"format": "uri", "pattern": "^https://"}),
@@ -154,7 +152,6 @@ class ResetOutcome(BaseModel):
         field_title_generator=lambda name, _info: to_camel(name),
     )
 
-
     request_id: str
     status: str = Field(description="Accepted, Processing, Succeeded, Failed or DryRunPassed.")
     attempts: int = 0
@@ -232,9 +229,7 @@ def load_json_object(raw: bytes | str) -> dict[str, Any]:
             decoded = base64.b64decode(text, validate=True)
             value = json.loads(_decode_text(decoded))
         except (binascii.Error, ValueError, InvalidRequestError):
-            raise InvalidRequestError(
-                "the request is neither JSON nor Base64-encoded JSON"
-            ) from None
+            raise InvalidRequestError("the request is neither JSON nor Base64-encoded JSON") from None
     if not isinstance(value, dict):
         raise InvalidRequestError("the request must be a JSON object")
     return value

@@ -91,9 +91,7 @@ class InvitationBody:
     custom_body: str | None = None
 
     @classmethod
-    def for_request(
-        cls, request: ResetRequest, user: GuestUser, email: str, settings: Settings
-    ) -> InvitationBody:
+    def for_request(cls, request: ResetRequest, user: GuestUser, email: str, settings: Settings) -> InvitationBody:
         return cls(
             user_id=user.id,
             email=email,
@@ -149,9 +147,7 @@ class GraphGateway(Protocol):
         """Make ``email`` the user's mail and add it to otherMails, keeping the existing entries."""
         ...
 
-    async def reset_redemption(
-        self, body: InvitationBody, *, sent_after: datetime | None = None
-    ) -> SentInvitation:
+    async def reset_redemption(self, body: InvitationBody, *, sent_after: datetime | None = None) -> SentInvitation:
         """Send the reset invitation once; ``sent_after`` marks an earlier attempt to check first."""
         ...
 

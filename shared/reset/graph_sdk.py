@@ -165,9 +165,7 @@ class SdkGraphGateway:
                     HeadersInspectionHandlerOption.get_key(): HeadersInspectionHandlerOption(
                         inspect_request_headers=False, inspect_response_headers=False
                     ),
-                    ParametersNameDecodingHandlerOption.get_key(): ParametersNameDecodingHandlerOption(
-                        enable=False
-                    ),
+                    ParametersNameDecodingHandlerOption.get_key(): ParametersNameDecodingHandlerOption(enable=False),
                 },
             )
             adapter = GraphRequestAdapter(auth, client=http)
@@ -229,9 +227,12 @@ class SdkGraphGateway:
             error = classify_graph_response(response.status_code, parsed, response.headers)
             if write and response.status_code in _AMBIGUOUS_STATUSES:
                 raise AmbiguousOutcomeError(
-                    error.message, code=error.code, graph_request_id=error.graph_request_id,
-                    status=error.status, retry_after=error.retry_after,
-                )  # fmt: skip
+                    error.message,
+                    code=error.code,
+                    graph_request_id=error.graph_request_id,
+                    status=error.status,
+                    retry_after=error.retry_after,
+                )
             raise error
         return parsed, response.headers.get("request-id")
 
@@ -279,17 +280,14 @@ class SdkGraphGateway:
                 "check the address or name the user by userId"
             )
         if len(matches) > 1:
-            raise AmbiguousUserError(
-                f"more than one user holds {mask_email(email)}; name the user by userId instead"
-            )
+            raise AmbiguousUserError(f"more than one user holds {mask_email(email)}; name the user by userId instead")
         return matches[0]
 
     async def users_owning_email(self, email: str) -> list[GuestUser]:
         address = _odata_quote(email)
         smtp = _odata_quote(f"smtp:{email}")
         return await self._list_users(
-            f"mail eq {address} or otherMails/any(m:m eq {address}) "
-            f"or proxyAddresses/any(p:p eq {smtp})",
+            f"mail eq {address} or otherMails/any(m:m eq {address}) or proxyAddresses/any(p:p eq {smtp})",
             5,
             "checking who owns the new email",
         )
@@ -309,14 +307,10 @@ class SdkGraphGateway:
             others.append(email)
 
         async def attempt() -> None:
-            await self._send(
-                "PATCH", "/users/{id}", path={"id": user.id}, body={"mail": email, "otherMails": others}
-            )
+            await self._send("PATCH", "/users/{id}", path={"id": user.id}, body={"mail": email, "otherMails": others})
 
         # PATCH sets absolute values, so re-sending it after an ambiguous failure is harmless.
-        await call_with_retries(
-            attempt, policy=self._policy, budget=self._budget, what="setting the sign-in email"
-        )
+        await call_with_retries(attempt, policy=self._policy, budget=self._budget, what="setting the sign-in email")
 
     async def _confirm_sent(self, user_id: str, since: datetime) -> SentInvitation | None:
         user = await self.read_user(user_id)
@@ -326,9 +320,7 @@ class SdkGraphGateway:
             return SentInvitation(None, "PendingAcceptance", None, None, confirmed_by_read_back=True)
         return None
 
-    async def reset_redemption(
-        self, body: InvitationBody, *, sent_after: datetime | None = None
-    ) -> SentInvitation:
+    async def reset_redemption(self, body: InvitationBody, *, sent_after: datetime | None = None) -> SentInvitation:
         if sent_after is not None:
             confirmed = await self._confirm_sent(body.user_id, sent_after)
             if confirmed is not None:

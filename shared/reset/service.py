@@ -31,9 +31,7 @@ class ResetService:
         policy.check_user(user, self._settings)
         target = request.new_email or user.mail
         if not target:
-            raise PolicyRefusedError(
-                f"user {user.id} has no mail to invite; give newEmail", code="NoEmailOnUser"
-            )
+            raise PolicyRefusedError(f"user {user.id} has no mail to invite; give newEmail", code="NoEmailOnUser")
         policy.check_email_domain(target, self._settings)
         if request.new_email:
             owners = await self._graph.users_owning_email(request.new_email)
@@ -84,8 +82,9 @@ class ResetService:
         if not verified:
             log.warning(
                 "Graph accepted the reset but the user reads back as %s",
-                after.external_user_state, extra=extra,
-            )  # fmt: skip
+                after.external_user_state,
+                extra=extra,
+            )
         log.info("reset invitation sent", extra={**extra, "invitationId": sent.id})
         return await self._status.save(
             record,
@@ -101,7 +100,5 @@ class ResetService:
             error_message=None,
             # Kept only when no email goes out: then an admin must hand the link over.
             redeem_url=None if body.send_message else sent.redeem_url,
-            history=record.with_event(
-                "succeeded", confirmedByReadBack=sent.confirmed_by_read_back or None
-            ),
+            history=record.with_event("succeeded", confirmedByReadBack=sent.confirmed_by_read_back or None),
         )

@@ -87,8 +87,9 @@ class StatusRecord:
     etag: str | None = field(default=None, compare=False)
 
     @classmethod
-    def for_request(cls, request: ResetRequest, request_id: str, status: Status, *, message: str | None = None,
-                    **fields: Any) -> StatusRecord:  # fmt: skip
+    def for_request(
+        cls, request: ResetRequest, request_id: str, status: Status, *, message: str | None = None, **fields: Any
+    ) -> StatusRecord:
         """A new record describing ``request`` (audit fields, masked email, the request kept for replay).
 
         ``message`` is the request's queue message when the caller has built it already.
@@ -187,9 +188,7 @@ class Claim:
 
 
 def _storage_error(action: str, error: Exception) -> TransientError:
-    return TransientError(
-        f"status table unavailable while {action}: {type(error).__name__}", code="StorageUnavailable"
-    )
+    return TransientError(f"status table unavailable while {action}: {type(error).__name__}", code="StorageUnavailable")
 
 
 class StatusStore:
@@ -298,9 +297,7 @@ class StatusStore:
 
     async def release(self, record: StatusRecord, event: str, **details: Any) -> StatusRecord:
         """Give the lease back so the next delivery can claim at once; note why in the history."""
-        return await self.save(
-            record, lease_owner=None, lease_until=None, history=record.with_event(event, **details)
-        )
+        return await self.save(record, lease_owner=None, lease_until=None, history=record.with_event(event, **details))
 
     async def delete(self, request_id: str) -> None:
         """Best effort: remove a record whose request never made it onto the queue."""
@@ -346,9 +343,7 @@ class StatusStore:
         from azure.core.exceptions import AzureError
 
         try:
-            async for entity in self._table.query_entities(
-                odata_filter, parameters=parameters, results_per_page=1000
-            ):
+            async for entity in self._table.query_entities(odata_filter, parameters=parameters, results_per_page=1000):
                 yield _from_entity(entity)
         except AzureError as error:
             raise _storage_error("querying statuses", error) from error

@@ -111,8 +111,12 @@ async def call_with_retries(
                 raise
             log.warning(
                 "retrying %s after %s (attempt %d of %d, waiting %.2fs)",
-                what, error.code, attempt, policy.max_attempts, wait,
-            )  # fmt: skip
+                what,
+                error.code,
+                attempt,
+                policy.max_attempts,
+                wait,
+            )
             await asyncio.sleep(wait)
             if before_retry is not None and isinstance(error, AmbiguousOutcomeError):
                 resolved = await before_retry(error)

@@ -94,17 +94,13 @@ async def handle_request_message(body: bytes, *, message_id: str, dequeue_count:
     await notify(final, runtime.settings)
 
 
-async def _fail(
-    runtime: Runtime, body: bytes, record: StatusRecord, error: ResetError, dequeue_count: int
-) -> None:
+async def _fail(runtime: Runtime, body: bytes, record: StatusRecord, error: ResetError, dequeue_count: int) -> None:
     extra = {"requestId": record.request_id, "code": error.code, "attempt": record.attempts}
     last_delivery = dequeue_count >= runtime.settings.max_dequeue_count
     if error.permanent or last_delivery:
         latest = await runtime.status.get(record.request_id) or record
         history = latest.with_event("poisoned", code=error.code, message=error.message)
-        await runtime.publisher.send_poison(
-            _envelope(body, record.request_id, error, latest.attempts, history)
-        )
+        await runtime.publisher.send_poison(_envelope(body, record.request_id, error, latest.attempts, history))
         await _release_quietly(runtime, latest, "poisoned", fresh=True, code=error.code, message=error.message)
         log.warning("request sent to poison: %s", error.message, extra=extra)
         return
@@ -160,8 +156,9 @@ async def _record_poisoned(body: bytes, message_id: str) -> None:
         existing = await runtime.status.find_by_message_hash(message_hash(body))
         request_id = existing.request_id if existing else f"poison-{message_id}"
     if existing is not None and existing.status in {Status.SUCCEEDED, Status.DRY_RUN_PASSED}:
-        log.info("poisoned copy of a request that already %s; ignored", existing.status,
-                 extra={"requestId": request_id})  # fmt: skip
+        log.info(
+            "poisoned copy of a request that already %s; ignored", existing.status, extra={"requestId": request_id}
+        )
         return
 
     if not error:

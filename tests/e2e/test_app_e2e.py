@@ -104,9 +104,16 @@ def test_crashing_message_ends_in_poison_after_max_dequeue_count(
     """A message that crashes the worker is retried by the host, then poisoned and recorded Failed."""
     app, _ = deployment
     # otherMails that is not a list makes the worker's own model construction blow up.
-    emulator.control.put_user({"id": CRASHER, "userPrincipalName": "crash_x.example#EXT#@fabrikam.onmicrosoft.com",
-                               "mail": "crash@x.example", "otherMails": 42, "userType": "Guest",
-                               "externalUserState": "Accepted"})  # fmt: skip
+    emulator.control.put_user(
+        {
+            "id": CRASHER,
+            "userPrincipalName": "crash_x.example#EXT#@fabrikam.onmicrosoft.com",
+            "mail": "crash@x.example",
+            "otherMails": 42,
+            "userType": "Guest",
+            "externalUserState": "Accepted",
+        }
+    )
     app.submit({"userId": CRASHER, "requestId": "e2e-crash"})
     outcome = app.outcome("e2e-crash", timeout=45)
     assert outcome["Status"] == "Failed" and outcome["ErrorCode"] == "DeliveryFailed"

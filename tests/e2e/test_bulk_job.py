@@ -91,14 +91,18 @@ class Bulk:
 
 
 def _bulk(azurite: AzuriteEndpoints, emulator: EmulatorHandle, **overrides: str) -> Iterator[Bulk]:
-    env = isolated_env(azurite.connection_string, emulator.base_url, BULK_CONTAINER=f"bulk-{uuid.uuid4().hex[:10]}",
-                       **overrides)  # fmt: skip
+    env = isolated_env(
+        azurite.connection_string, emulator.base_url, BULK_CONTAINER=f"bulk-{uuid.uuid4().hex[:10]}", **overrides
+    )
     conn = azurite.connection_string
     with running_devhost(REPO_ROOT, env=env, max_polling_interval=0.2) as host:
         # What the deployment creates up front (infra/app/storage.bicep): the container, the table, the queue.
-        bulk = Bulk(host, ContainerClient.from_connection_string(conn, env["BULK_CONTAINER"]),
-                    QueueClient.from_connection_string(conn, env["RESET_REQUEST_QUEUE"]),
-                    TableClient.from_connection_string(conn, env["RESET_STATUS_TABLE"]))  # fmt: skip
+        bulk = Bulk(
+            host,
+            ContainerClient.from_connection_string(conn, env["BULK_CONTAINER"]),
+            QueueClient.from_connection_string(conn, env["RESET_REQUEST_QUEUE"]),
+            TableClient.from_connection_string(conn, env["RESET_STATUS_TABLE"]),
+        )
         for create in (bulk.container.create_container, bulk.table.create_table, bulk.requests.create_queue):
             with contextlib.suppress(ResourceExistsError):
                 create()
@@ -114,8 +118,11 @@ def bulk(azurite: AzuriteEndpoints, emulator: EmulatorHandle) -> Iterator[Bulk]:
 @pytest.fixture(scope="module")
 def bulk_without_worker(azurite: AzuriteEndpoints, emulator: EmulatorHandle) -> Iterator[Bulk]:
     """The job alone: the queue triggers are switched off, so every message it sends stays countable."""
-    yield from _bulk(azurite, emulator, **{"AzureWebJobs.process_reset.Disabled": "true",
-                                           "AzureWebJobs.record_poisoned_reset.Disabled": "true"})  # fmt: skip
+    yield from _bulk(
+        azurite,
+        emulator,
+        **{"AzureWebJobs.process_reset.Disabled": "true", "AzureWebJobs.record_poisoned_reset.Disabled": "true"},
+    )
 
 
 def file_id_of(data: bytes) -> str:
@@ -132,8 +139,9 @@ def test_accepted_file_is_enqueued_reported_and_moved(bulk: Bulk, emulator: Emul
     assert bulk.names() == ["processed/guests.csv", "reports/guests.csv.report.csv"]
     assert bulk.container.download_blob("processed/guests.csv").readall() == data
     report = bulk.csv_rows("reports/guests.csv.report.csv")
-    assert [(r["row"], r["line"], r["result"]) for r in report] == [(str(n), str(n + 1), "accepted") for n in
-                                                                    range(1, 6)]  # fmt: skip
+    assert [(r["row"], r["line"], r["result"]) for r in report] == [
+        (str(n), str(n + 1), "accepted") for n in range(1, 6)
+    ]
     assert [r["requestId"] for r in report] == [request_id_for(file_id, n) for n in range(1, 6)]
     records = bulk.wait_for_outcomes(file_id, 5)
     assert {r["Status"] for r in records.values()} == {"Succeeded"}
@@ -156,8 +164,10 @@ def test_dropping_the_same_file_again_sends_nothing(bulk: Bulk, emulator: Emulat
 
 def test_rejected_file_goes_to_rejected_with_its_errors(bulk: Bulk) -> None:
     """A file with a bad row is sent nowhere; rejected/ gets it and its line/column errors."""
-    data = (b"userId,tiketId,newEmail\n5e0c1d2a-0001-4a5b-9c3d-000000000001,T-1,ok@x.example\n"
-            b"5e0c1d2a-0008-4a5b-9c3d-000000000008,T-2,not-an-email\n")  # fmt: skip
+    data = (
+        b"userId,tiketId,newEmail\n5e0c1d2a-0001-4a5b-9c3d-000000000001,T-1,ok@x.example\n"
+        b"5e0c1d2a-0008-4a5b-9c3d-000000000008,T-2,not-an-email\n"
+    )
     bulk.drop("typos.csv", data)
     bulk.run_job()
     names = bulk.names()
@@ -190,8 +200,9 @@ def test_file_that_names_a_guest_twice_is_rejected_with_the_repeat(bulk_without_
 
 def test_error_list_cells_never_run_as_spreadsheet_formulas(bulk_without_worker: Bulk) -> None:
     """A column named like a formula is refused, and rejected/*.errors.csv shows its name as text."""
-    bulk_without_worker.drop("formula.csv", b'userId,"=HYPERLINK(""http://x.example"")"\n'
-                                            b"5e0c1d2a-0001-4a5b-9c3d-000000000001,1\n")  # fmt: skip
+    bulk_without_worker.drop(
+        "formula.csv", b'userId,"=HYPERLINK(""http://x.example"")"\n5e0c1d2a-0001-4a5b-9c3d-000000000001,1\n'
+    )
     bulk_without_worker.run_job()
     [error] = bulk_without_worker.csv_rows("rejected/formula.csv.errors.csv")
     assert (error["line"], error["column"]) == ("1", "2")
@@ -213,8 +224,9 @@ def test_file_held_by_another_run_is_left_to_it(bulk_without_worker: Bulk) -> No
     names = bulk_without_worker.names()
     assert "processed/held.csv" in names and "incoming/held.csv" not in names
     file_id = file_id_of(data)
-    assert bulk_without_worker.queued_request_ids() == Counter({request_id_for(file_id, 1): 1,
-                                                               request_id_for(file_id, 2): 1})  # fmt: skip
+    assert bulk_without_worker.queued_request_ids() == Counter(
+        {request_id_for(file_id, 1): 1, request_id_for(file_id, 2): 1}
+    )
 
 
 def test_crashed_run_resumes_without_sending_any_row_twice(bulk_without_worker: Bulk) -> None:
@@ -231,11 +243,19 @@ def test_crashed_run_resumes_without_sending_any_row_twice(bulk_without_worker: 
     data = ("userId,ticketId\n" + "".join(f"{u},T-{i}\n" for i, u in enumerate(users))).encode()
     file_id = file_id_of(data)
     rid = [""] + [request_id_for(file_id, n) for n in range(1, total + 1)]  # rid[n] is row n's requestId
-    bulk.table.upsert_entity({
-        "PartitionKey": f"bulkfile-{file_id}", "RowKey": "progress", "Sha256": hashlib.sha256(data).hexdigest(),
-        "FileName": "big.csv", "State": "Enqueuing", "RowsTotal": total, "RowsSent": CHUNK_ROWS,
-        "SendingThrough": total, "Runs": 1,
-    })  # fmt: skip
+    bulk.table.upsert_entity(
+        {
+            "PartitionKey": f"bulkfile-{file_id}",
+            "RowKey": "progress",
+            "Sha256": hashlib.sha256(data).hexdigest(),
+            "FileName": "big.csv",
+            "State": "Enqueuing",
+            "RowsTotal": total,
+            "RowsSent": CHUNK_ROWS,
+            "SendingThrough": total,
+            "Runs": 1,
+        }
+    )
     for n in [*range(1, 451), *range(CHUNK_ROWS + 1, CHUNK_ROWS + 11)]:
         bulk.table.upsert_entity({"PartitionKey": rid[n], "RowKey": "status", "Status": "Succeeded", "Attempts": 1})
     for n in range(451, CHUNK_ROWS + 1):

@@ -221,8 +221,9 @@ def test_route_templates_match_like_the_host() -> None:
     """Route templates support {x:int}, {x?} and {*rest}, case-insensitive literals and a prefix."""
 
     def route(template: str) -> Callable[[str], dict[str, str] | None]:
-        spec = FunctionSpec(name="f", trigger={"type": "httpTrigger", "name": "req", "route": template},
-                            user_function=lambda req: None)  # fmt: skip
+        spec = FunctionSpec(
+            name="f", trigger={"type": "httpTrigger", "name": "req", "route": template}, user_function=lambda req: None
+        )
         compiled = compile_route(spec, "api")
 
         def match(path: str) -> dict[str, str] | None:
@@ -267,9 +268,10 @@ def test_disabled_setting_switches_a_function_off(azurite: AzuriteEndpoints) -> 
     client = queue_client(azurite, queue)
     client.create_queue()
     client.send_message(json.dumps({"do": "ok", "tag": "never"}))
-    with devhost(azurite, queue, **{"AzureWebJobs.main.Disabled": "true"}) as handle, httpx.Client(
-        base_url=handle.base_url, timeout=10
-    ) as http:
+    with (
+        devhost(azurite, queue, **{"AzureWebJobs.main.Disabled": "true"}) as handle,
+        httpx.Client(base_url=handle.base_url, timeout=10) as http,
+    ):
         assert "main" not in http.get("/admin/host/status").json()["functions"]
         assert http.post("/admin/functions/main", json={"input": "{}"}).status_code == 404
         time.sleep(1.5)  # several polling intervals: the message must still be there

@@ -25,9 +25,10 @@ ADELE = "5e0c1d2a-0001-4a5b-9c3d-000000000001"
 @pytest.fixture(scope="module")
 def api(azurite: AzuriteEndpoints, emulator: EmulatorHandle) -> Iterator[httpx.Client]:
     env = isolated_env(azurite.connection_string, emulator.base_url)
-    with running_devhost(REPO_ROOT, env=env, max_polling_interval=0.2) as host, httpx.Client(
-        base_url=host.base_url, timeout=30
-    ) as client:
+    with (
+        running_devhost(REPO_ROOT, env=env, max_polling_interval=0.2) as host,
+        httpx.Client(base_url=host.base_url, timeout=30) as client,
+    ):
         yield client
 
 
@@ -55,8 +56,12 @@ def test_submit_and_poll_until_done(api: httpx.Client, emulator: EmulatorHandle)
     [
         ("POST", "/api/resets", {"json": {"userId": "bad"}}, 400),
         ("POST", "/api/resets", {"content": b"a=b", "headers": {"content-type": "text/plain"}}, 415),
-        ("POST", "/api/resets", {"content": b"{" + b" " * (1024 * 1024) + b"}",
-                                 "headers": {"content-type": "application/json"}}, 413),
+        (
+            "POST",
+            "/api/resets",
+            {"content": b"{" + b" " * (1024 * 1024) + b"}", "headers": {"content-type": "application/json"}},
+            413,
+        ),
         ("DELETE", "/api/resets", {}, 405),
         ("GET", "/api/resets/does-not-exist", {}, 404),
         ("GET", "/api/health", {}, 200),
@@ -64,9 +69,10 @@ def test_submit_and_poll_until_done(api: httpx.Client, emulator: EmulatorHandle)
         ("GET", "/api/poison", {}, 200),
         ("POST", "/api/poison/replay", {"json": {"max": 5000}}, 400),
     ],
-)  # fmt: skip
-def test_status_codes_over_http(api: httpx.Client, method: str, path: str, kwargs: dict[str, object],
-                                expected: int) -> None:  # fmt: skip
+)
+def test_status_codes_over_http(
+    api: httpx.Client, method: str, path: str, kwargs: dict[str, object], expected: int
+) -> None:
     response = api.request(method, path, **kwargs)  # type: ignore[arg-type]
     assert response.status_code == expected
     if expected >= 400:

@@ -462,9 +462,10 @@ def test_role_assignments_are_scoped_to_single_resources() -> None:
         resource = tree(path)["resources"].get(scope) if isinstance(scope, str) else None
         assert resource is not None, f"{name} in {path.name} has no resource scope"
         assert resource["type"] in {
-            "Microsoft.Storage/storageAccounts", "Microsoft.Storage/storageAccounts/blobServices/containers",
+            "Microsoft.Storage/storageAccounts",
+            "Microsoft.Storage/storageAccounts/blobServices/containers",
             "Microsoft.Insights/components",
-        }  # fmt: skip
+        }
 
 
 def test_people_get_blob_access_only_on_the_bulk_container() -> None:

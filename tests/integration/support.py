@@ -29,11 +29,11 @@ class App:
     graph: EmulatorControl
     connection_string: str
 
-    async def deliver(self, body: dict[str, Any] | bytes, *, message_id: str | None = None,
-                      dequeue_count: int = 1) -> None:  # fmt: skip
+    async def deliver(
+        self, body: dict[str, Any] | bytes, *, message_id: str | None = None, dequeue_count: int = 1
+    ) -> None:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        await handle_request_message(raw, message_id=message_id or str(uuid.uuid4()),
-                                     dequeue_count=dequeue_count)  # fmt: skip
+        await handle_request_message(raw, message_id=message_id or str(uuid.uuid4()), dequeue_count=dequeue_count)
 
     async def status(self, request_id: str) -> StatusRecord | None:
         from shared.reset.runtime import get_runtime

@@ -46,11 +46,17 @@ async def run(*argv: str) -> tuple[int, Any, str]:
 def guests(count: int) -> list[dict[str, Any]]:
     """Plain redeemed guests for the emulator, ids g0000000-...-<n>."""
     return [
-        {"id": guest_id(i), "userPrincipalName": f"g{i}_x.example#EXT#@fabrikam.onmicrosoft.com",
-         "mail": f"g{i}@x.example", "otherMails": [f"g{i}@x.example"], "userType": "Guest",
-         "externalUserState": "Accepted", "creationType": "Invitation"}
+        {
+            "id": guest_id(i),
+            "userPrincipalName": f"g{i}_x.example#EXT#@fabrikam.onmicrosoft.com",
+            "mail": f"g{i}@x.example",
+            "otherMails": [f"g{i}@x.example"],
+            "userType": "Guest",
+            "externalUserState": "Accepted",
+            "creationType": "Invitation",
+        }
         for i in range(count)
-    ]  # fmt: skip
+    ]
 
 
 def guest_id(index: int) -> str:
@@ -174,9 +180,19 @@ async def test_interrupted_submission_resumes_at_the_unfinished_chunk(app: App, 
     async with QueueClient.from_connection_string(app.connection_string, app.settings.request_queue) as queue:
         await queue.clear_messages()
     runtime = await get_runtime()
-    await save_progress(runtime.status, FileProgress(body["fileId"], body["sha256"], "big.csv", FileState.ENQUEUING,
-                                                     CHUNK_ROWS + 40, rows_sent=CHUNK_ROWS,
-                                                     sending_through=CHUNK_ROWS + 40, runs=1))  # fmt: skip
+    await save_progress(
+        runtime.status,
+        FileProgress(
+            body["fileId"],
+            body["sha256"],
+            "big.csv",
+            FileState.ENQUEUING,
+            CHUNK_ROWS + 40,
+            rows_sent=CHUNK_ROWS,
+            sending_through=CHUNK_ROWS + 40,
+            runs=1,
+        ),
+    )
     code, body, _ = await run("submit", str(path), "--json")
     assert code == 0 and body["sent"] == 40 and body["alreadySent"] == CHUNK_ROWS
     rows = sorted(int(m["requestId"].rsplit("-", 1)[1]) for m in await queued(app))
@@ -205,6 +221,7 @@ async def test_status_counts_queued_then_outcomes_by_status_and_error_code(app: 
 async def test_status_wait_follows_until_every_request_has_ended(app: App, sample: Path) -> None:
     """--wait polls until all are terminal (exit 0), while the worker catches up in the background."""
     _, submitted, _ = await run("submit", str(sample), "--json")
+
     async def later() -> int:
         await asyncio.sleep(0.5)
         return await process_queue(app)
@@ -218,8 +235,9 @@ async def test_status_wait_follows_until_every_request_has_ended(app: App, sampl
 async def test_status_wait_gives_up_at_the_timeout_with_exit_1(app: App, sample: Path) -> None:
     """Nothing processes the queue: --wait --timeout stops and says so."""
     _, submitted, _ = await run("submit", str(sample), "--json")
-    code, body, _ = await run("status", submitted["receipt"], "--wait", "--interval", "0.1", "--timeout", "0.3",
-                              "--json")  # fmt: skip
+    code, body, _ = await run(
+        "status", submitted["receipt"], "--wait", "--interval", "0.1", "--timeout", "0.3", "--json"
+    )
     assert code == 1 and body["timedOut"] is True and body["byStatus"] == {"Queued": 5}
     code, body, _ = await run("status", "--request-id", "no-such-request", "--json")
     assert code == 0 and body["requests"][0]["status"] == "Queued"
@@ -322,7 +340,6 @@ async def test_two_thousand_rows_round_trip_to_a_full_report(
         await results.clear_messages()
 
 
-
 async def test_usage_and_settings_errors_exit_2(app: App, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Bad options, a missing file or missing settings: exit 2, with a JSON error under --json."""
     assert (await run())[0] == 2
@@ -341,15 +358,19 @@ async def test_unreachable_storage_and_api_exit_3(
     """Storage or API down: exit 3 and a message that says so (nothing half-sent to worry about)."""
     monkeypatch.setattr(storage, "_TIMEOUTS", {**storage._TIMEOUTS, "retry_total": 0, "connection_timeout": 1})
     monkeypatch.setenv("AzureWebJobsStorage", app.connection_string.replace("127.0.0.1", "127.0.0.1:1#"))
-    dead = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + "a" * 88 + ";" + "".join(
-        f"{kind}Endpoint=http://127.0.0.1:9/devstoreaccount1;" for kind in ("Blob", "Queue", "Table")
+    dead = (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey="
+        + "a" * 88
+        + ";"
+        + "".join(f"{kind}Endpoint=http://127.0.0.1:9/devstoreaccount1;" for kind in ("Blob", "Queue", "Table"))
     )
     monkeypatch.setenv("AzureWebJobsStorage", dead)
     code, body, _ = await run("status", "--request-id", "x", "--json")
     assert code == 3 and body["error"]["code"] == "StorageUnavailable"
     monkeypatch.setattr("tools.cli.api_client.RETRY_DELAYS", (0.01,))
-    code, body, _ = await run("submit", str(sample), "--api-url", "http://127.0.0.1:9", "--json",
-                              "--receipt", str(tmp_path / "r.json"))  # fmt: skip
+    code, body, _ = await run(
+        "submit", str(sample), "--api-url", "http://127.0.0.1:9", "--json", "--receipt", str(tmp_path / "r.json")
+    )
     assert code == 3 and body["error"]["code"] == "ApiUnavailable"
 
 
@@ -372,7 +393,17 @@ async def test_submit_through_the_api_is_idempotent_and_status_follows_it(
     assert code == 0 and body["via"] == "api" and body["sent"] == 5 and body["alreadySent"] == 0
     code, again, _ = await run("submit", str(sample), "--api-url", api_host.base_url, "--json")
     assert code == 0 and again["sent"] == 0 and again["alreadySent"] == 5
-    code, status, _ = await run("status", body["receipt"], "--api-url", api_host.base_url, "--wait",
-                                "--interval", "0.2", "--timeout", "30", "--json")  # fmt: skip
+    code, status, _ = await run(
+        "status",
+        body["receipt"],
+        "--api-url",
+        api_host.base_url,
+        "--wait",
+        "--interval",
+        "0.2",
+        "--timeout",
+        "30",
+        "--json",
+    )
     assert code == 0 and status["byStatus"] == {"Succeeded": 5}
     assert len(emulator.control.invitations()) == 5  # one per row, although the file went in twice

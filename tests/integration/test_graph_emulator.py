@@ -62,24 +62,26 @@ def clean(emulator: EmulatorHandle) -> None:
 
 @pytest.fixture
 def graph(emulator: EmulatorHandle) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=emulator.base_url, timeout=10,
-                      headers={"Authorization": f"Bearer {PLACEHOLDER}"}) as client:
+    with httpx.Client(
+        base_url=emulator.base_url, timeout=10, headers={"Authorization": f"Bearer {PLACEHOLDER}"}
+    ) as client:
         yield client
 
 
 def sdk_client(emulator: EmulatorHandle) -> GraphServiceClient:
-    client = GraphServiceClient(credentials=PlaceholderCredential(),
-                                scopes=["https://graph.microsoft.com/.default"])
+    client = GraphServiceClient(credentials=PlaceholderCredential(), scopes=["https://graph.microsoft.com/.default"])
     client.request_adapter.base_url = emulator.base_url
     return client
 
 
-def reset_body(user_id: str = ADELE, email: str | None = "adele.vance@contoso.com",
-               **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"invitedUserEmailAddress": email,
-                            "inviteRedirectUrl": "https://myapps.microsoft.com",
-                            "invitedUser": {"id": user_id}, "resetRedemption": True,
-                            "sendInvitationMessage": False}
+def reset_body(user_id: str = ADELE, email: str | None = "adele.vance@contoso.com", **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "invitedUserEmailAddress": email,
+        "inviteRedirectUrl": "https://myapps.microsoft.com",
+        "invitedUser": {"id": user_id},
+        "resetRedemption": True,
+        "sendInvitationMessage": False,
+    }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not None}
 
@@ -91,12 +93,17 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 
 # --- msgraph-sdk --------------------------------------------------------------------------
 
+
 async def test_sdk_get_user_by_id_with_select(emulator: EmulatorHandle) -> None:
     """The SDK parses a $select-ed user and the journal shows the placeholder token."""
     query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(
-        select=["id", "userType", "mail", "otherMails", "externalUserState"])
-    user = await sdk_client(emulator).users.by_user_id(ADELE).get(
-        request_configuration=RequestConfiguration(query_parameters=query))
+        select=["id", "userType", "mail", "otherMails", "externalUserState"]
+    )
+    user = (
+        await sdk_client(emulator)
+        .users.by_user_id(ADELE)
+        .get(request_configuration=RequestConfiguration(query_parameters=query))
+    )
     assert user is not None
     assert (user.id, user.user_type, user.mail) == (ADELE, "Guest", "adele.vance@contoso.com")
     assert user.external_user_state == "Accepted"
@@ -106,12 +113,14 @@ async def test_sdk_get_user_by_id_with_select(emulator: EmulatorHandle) -> None:
     assert entry["query"]["$select"] == "id,userType,mail,otherMails,externalUserState"
 
 
-async def test_sdk_lists_users_by_other_mails_with_eventual_consistency(
-        emulator: EmulatorHandle) -> None:
+async def test_sdk_lists_users_by_other_mails_with_eventual_consistency(emulator: EmulatorHandle) -> None:
     """An otherMails/any filter with ConsistencyLevel and $count returns both sharing guests."""
     query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
         filter="userType eq 'Guest' and otherMails/any(x:x eq 'SHARED@northwind.example')",
-        select=["id", "mail"], count=True, top=999)
+        select=["id", "mail"],
+        count=True,
+        top=999,
+    )
     config = RequestConfiguration(query_parameters=query)
     config.headers.add("ConsistencyLevel", "eventual")
     page = await sdk_client(emulator).users.get(request_configuration=config)
@@ -122,9 +131,16 @@ async def test_sdk_lists_users_by_other_mails_with_eventual_consistency(
 
 async def test_sdk_patch_sets_mail_and_primary_proxy_address(emulator: EmulatorHandle) -> None:
     """PATCH through the SDK (with its @odata.type key) updates mail, otherMails, proxyAddresses."""
-    await sdk_client(emulator).users.by_user_id(BRIAN).patch(
-        User(mail="brian.j@tailspin.example",
-             other_mails=["brian.j@tailspin.example", "brian.johnson@litware.example"]))
+    await (
+        sdk_client(emulator)
+        .users.by_user_id(BRIAN)
+        .patch(
+            User(
+                mail="brian.j@tailspin.example",
+                other_mails=["brian.j@tailspin.example", "brian.johnson@litware.example"],
+            )
+        )
+    )
     stored = emulator.control.user(BRIAN)
     assert stored["mail"] == "brian.j@tailspin.example"
     assert stored["otherMails"] == ["brian.j@tailspin.example", "brian.johnson@litware.example"]
@@ -134,16 +150,20 @@ async def test_sdk_patch_sets_mail_and_primary_proxy_address(emulator: EmulatorH
 
 async def test_sdk_reset_invitation_returns_pending_acceptance(emulator: EmulatorHandle) -> None:
     """POST /invitations through the SDK yields an Invitation in PendingAcceptance."""
-    invitation = await sdk_client(emulator).invitations.post(Invitation(
-        invited_user_email_address="adele.vance@contoso.com",
-        invite_redirect_url="https://myapps.microsoft.com", invited_user=User(id=ADELE),
-        reset_redemption=True, send_invitation_message=False))
+    invitation = await sdk_client(emulator).invitations.post(
+        Invitation(
+            invited_user_email_address="adele.vance@contoso.com",
+            invite_redirect_url="https://myapps.microsoft.com",
+            invited_user=User(id=ADELE),
+            reset_redemption=True,
+            send_invitation_message=False,
+        )
+    )
     assert invitation is not None and invitation.invited_user is not None
     assert invitation.status == "PendingAcceptance"
     assert invitation.reset_redemption is True
     assert invitation.invited_user.id == ADELE
-    assert (invitation.invite_redeem_url or "").startswith(
-        "https://login.microsoftonline.com/redeem?rd=")
+    assert (invitation.invite_redeem_url or "").startswith("https://login.microsoftonline.com/redeem?rd=")
     assert emulator.control.user(ADELE)["_invitationCount"] == 1
 
 
@@ -158,6 +178,7 @@ async def test_sdk_raises_odata_error_for_unknown_user(emulator: EmulatorHandle)
 
 
 # --- Graph routes over plain HTTP -----------------------------------------------------------
+
 
 def test_missing_token_is_401(emulator: EmulatorHandle) -> None:
     """A request without a bearer token gets InvalidAuthenticationToken."""
@@ -184,15 +205,18 @@ def test_responses_carry_graph_headers_and_error_shape(graph: httpx.Client) -> N
     assert error_of(missing)["message"].startswith("Resource 'nobody@nowhere.example' does not")
 
 
-def test_get_user_by_percent_encoded_upn_case_insensitive(
-        emulator: EmulatorHandle, graph: httpx.Client) -> None:
+def test_get_user_by_percent_encoded_upn_case_insensitive(emulator: EmulatorHandle, graph: httpx.Client) -> None:
     """A UPN with %23EXT%23 in any case resolves to the user; a double slash is tolerated."""
-    response = graph.get(f"{emulator.base_url}//users/{ADELE_UPN.upper().replace('#', '%23')}",
-                         params={"$select": "id,userPrincipalName"})
+    response = graph.get(
+        f"{emulator.base_url}//users/{ADELE_UPN.upper().replace('#', '%23')}",
+        params={"$select": "id,userPrincipalName"},
+    )
     assert response.status_code == 200
     assert response.json() == {
         "@odata.context": f"{emulator.base_url}/$metadata#users(id,userPrincipalName)/$entity",
-        "id": ADELE, "userPrincipalName": ADELE_UPN}
+        "id": ADELE,
+        "userPrincipalName": ADELE_UPN,
+    }
 
 
 def test_default_properties_hide_emulator_fields(graph: httpx.Client) -> None:
@@ -205,11 +229,14 @@ def test_default_properties_hide_emulator_fields(graph: httpx.Client) -> None:
 
 def test_filter_by_mail_is_case_insensitive(graph: httpx.Client) -> None:
     """mail eq and userType eq filters, combined with or/and, match case-insensitively."""
-    response = graph.get("/users", params={
-        "$filter": "userType eq 'guest' and (mail eq 'LEE.GU@contoso.com' or "
-                   "mail eq 'adele.vance@contoso.com')", "$select": "id"})
-    assert [u["id"] for u in response.json()["value"]] == [
-        ADELE, "5e0c1d2a-0008-4a5b-9c3d-000000000008"]
+    response = graph.get(
+        "/users",
+        params={
+            "$filter": "userType eq 'guest' and (mail eq 'LEE.GU@contoso.com' or mail eq 'adele.vance@contoso.com')",
+            "$select": "id",
+        },
+    )
+    assert [u["id"] for u in response.json()["value"]] == [ADELE, "5e0c1d2a-0008-4a5b-9c3d-000000000008"]
 
 
 def test_other_mails_filter_requires_advanced_query(graph: httpx.Client) -> None:
@@ -221,15 +248,17 @@ def test_other_mails_filter_requires_advanced_query(graph: httpx.Client) -> None
         assert response.status_code == 400
         assert error_of(response)["code"] == "Request_UnsupportedQuery"
         assert error_of(response)["message"] == (
-            "Unsupported or invalid query filter clause specified for property 'otherMails' "
-            "of resource 'User'.")
+            "Unsupported or invalid query filter clause specified for property 'otherMails' of resource 'User'."
+        )
 
 
 def test_proxy_addresses_filter_with_advanced_query(graph: httpx.Client) -> None:
     """proxyAddresses/any matches the SMTP address regardless of prefix case."""
-    response = graph.get("/users", headers={"ConsistencyLevel": "eventual"}, params={
-        "$filter": "proxyAddresses/any(x:x eq 'smtp:TAKEN@contoso.com')", "$count": "true",
-        "$select": "id"})
+    response = graph.get(
+        "/users",
+        headers={"ConsistencyLevel": "eventual"},
+        params={"$filter": "proxyAddresses/any(x:x eq 'smtp:TAKEN@contoso.com')", "$count": "true", "$select": "id"},
+    )
     assert response.json()["@odata.count"] == 1
     assert response.json()["value"] == [{"id": TAKEN_OWNER}]
 
@@ -253,28 +282,31 @@ def test_top_pages_with_next_link(graph: httpx.Client) -> None:
 
 def test_directory_roles_of_user(graph: httpx.Client) -> None:
     """memberOf/microsoft.graph.directoryRole lists the fixture's roles; a guest has none."""
-    roles = graph.get(f"/users/{ROLF}/memberOf/microsoft.graph.directoryRole",
-                      params={"$select": "displayName,roleTemplateId"}).json()["value"]
-    assert roles == [{"@odata.type": "#microsoft.graph.directoryRole",
-                      "displayName": "User Administrator",
-                      "roleTemplateId": "fe930be7-5e62-47db-91af-98c3a49a38b1"}]
+    roles = graph.get(
+        f"/users/{ROLF}/memberOf/microsoft.graph.directoryRole", params={"$select": "displayName,roleTemplateId"}
+    ).json()["value"]
+    assert roles == [
+        {
+            "@odata.type": "#microsoft.graph.directoryRole",
+            "displayName": "User Administrator",
+            "roleTemplateId": "fe930be7-5e62-47db-91af-98c3a49a38b1",
+        }
+    ]
     assert graph.get(f"/users/{ADELE}/memberOf/microsoft.graph.directoryRole").json()["value"] == []
     assert graph.get("/users/unknown/memberOf/microsoft.graph.directoryRole").status_code == 404
     assert error_of(graph.get(f"/users/{ROLF}/memberOf/microsoft.graph.group"))["message"] == (
-        "Resource not found for the segment 'microsoft.graph.group'.")
+        "Resource not found for the segment 'microsoft.graph.group'."
+    )
 
 
-def test_patch_mail_owned_by_another_object_conflicts(
-        emulator: EmulatorHandle, graph: httpx.Client) -> None:
+def test_patch_mail_owned_by_another_object_conflicts(emulator: EmulatorHandle, graph: httpx.Client) -> None:
     """PATCH mail to another user's proxy address is 400 with ObjectConflict details."""
     response = graph.patch(f"/users/{BRIAN}", json={"mail": "Taken.Alias@contoso.com"})
     assert response.status_code == 400
     error = error_of(response)
     assert error["code"] == "Request_BadRequest"
-    assert error["message"] == (
-        "Another object with the same value for property proxyAddresses already exists.")
-    assert error["details"][0] == {"code": "ObjectConflict", "message": error["message"],
-                                   "target": "proxyAddresses"}
+    assert error["message"] == ("Another object with the same value for property proxyAddresses already exists.")
+    assert error["details"][0] == {"code": "ObjectConflict", "message": error["message"], "target": "proxyAddresses"}
     assert emulator.control.user(BRIAN)["mail"] == "brian.johnson@litware.example"
 
 
@@ -283,33 +315,67 @@ def test_unknown_route_is_bad_request(graph: httpx.Client) -> None:
     response = graph.get("/groupz")
     assert response.status_code == 400
     assert error_of(response) | {"innerError": None} == {
-        "code": "BadRequest", "message": "Resource not found for the segment 'groupz'.",
-        "innerError": None}
+        "code": "BadRequest",
+        "message": "Resource not found for the segment 'groupz'.",
+        "innerError": None,
+    }
 
 
 # --- POST /invitations ----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("body", "status", "code", "message_part"), [
-    (reset_body(email=None), 400, "BadRequest", "invitedUserEmailAddress"),
-    (reset_body(email="adele+x@contoso.com"), 400, "BadRequest", "is invalid"),
-    (reset_body(email=".adele@contoso.com"), 400, "BadRequest", "is invalid"),
-    (reset_body(inviteRedirectUrl=None), 400, "BadRequest", "inviteRedirectUrl"),
-    (reset_body(invitedUserMessageInfo={"ccRecipients": [
-        {"emailAddress": {"address": "a@contoso.com"}},
-        {"emailAddress": {"address": "b@contoso.com"}}]}), 400, "BadRequest", "one cc recipient"),
-    (reset_body(resetRedemption=None), 400, "BadRequest", "only implements reset invitations"),
-    (reset_body(invitedUser={}), 400, "BadRequest", "invitedUser.id is required"),
-    (reset_body(user_id="00000000-0000-0000-0000-00000000beef"), 404,
-     "Request_ResourceNotFound", "does not exist"),
-    (reset_body(email="someone.else@contoso.com"), 400, "BadRequest",
-     "doesn't match any emails on the user object"),
-    (reset_body(user_id=ROLF, email="rolf.admin@adatum.example"), 403,
-     "Authorization_RequestDenied", "Insufficient privileges to complete the operation."),
-], ids=["no-email", "plus-sign", "leading-dot", "no-redirect", "two-cc", "not-reset",
-        "no-user-id", "unknown-user", "email-mismatch", "directory-role"])
-def test_invitation_validation(graph: httpx.Client, emulator: EmulatorHandle,
-                               body: dict[str, Any], status: int, code: str,
-                               message_part: str) -> None:
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "message_part"),
+    [
+        (reset_body(email=None), 400, "BadRequest", "invitedUserEmailAddress"),
+        (reset_body(email="adele+x@contoso.com"), 400, "BadRequest", "is invalid"),
+        (reset_body(email=".adele@contoso.com"), 400, "BadRequest", "is invalid"),
+        (reset_body(inviteRedirectUrl=None), 400, "BadRequest", "inviteRedirectUrl"),
+        (
+            reset_body(
+                invitedUserMessageInfo={
+                    "ccRecipients": [
+                        {"emailAddress": {"address": "a@contoso.com"}},
+                        {"emailAddress": {"address": "b@contoso.com"}},
+                    ]
+                }
+            ),
+            400,
+            "BadRequest",
+            "one cc recipient",
+        ),
+        (reset_body(resetRedemption=None), 400, "BadRequest", "only implements reset invitations"),
+        (reset_body(invitedUser={}), 400, "BadRequest", "invitedUser.id is required"),
+        (reset_body(user_id="00000000-0000-0000-0000-00000000beef"), 404, "Request_ResourceNotFound", "does not exist"),
+        (
+            reset_body(email="someone.else@contoso.com"),
+            400,
+            "BadRequest",
+            "doesn't match any emails on the user object",
+        ),
+        (
+            reset_body(user_id=ROLF, email="rolf.admin@adatum.example"),
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        ),
+    ],
+    ids=[
+        "no-email",
+        "plus-sign",
+        "leading-dot",
+        "no-redirect",
+        "two-cc",
+        "not-reset",
+        "no-user-id",
+        "unknown-user",
+        "email-mismatch",
+        "directory-role",
+    ],
+)
+def test_invitation_validation(
+    graph: httpx.Client, emulator: EmulatorHandle, body: dict[str, Any], status: int, code: str, message_part: str
+) -> None:
     """Each invalid reset request fails with Graph's status and code and changes nothing."""
     response = graph.post("/invitations", json=body)
     assert response.status_code == status
@@ -318,20 +384,27 @@ def test_invitation_validation(graph: httpx.Client, emulator: EmulatorHandle,
     assert emulator.control.invitations() == []
 
 
-def test_reset_with_other_mails_address_updates_user_state(
-        emulator: EmulatorHandle, graph: httpx.Client) -> None:
+def test_reset_with_other_mails_address_updates_user_state(emulator: EmulatorHandle, graph: httpx.Client) -> None:
     """A reset to an otherMails address returns 201 and moves the user to PendingAcceptance."""
-    response = graph.post("/invitations", json=reset_body(
-        BRIAN, "Brian.J@tailspin.example",
-        invitedUserMessageInfo={"messageLanguage": "de-DE", "ccRecipients": [
-            {"emailAddress": {"address": "helpdesk@fabrikam.com"}}]}))
+    response = graph.post(
+        "/invitations",
+        json=reset_body(
+            BRIAN,
+            "Brian.J@tailspin.example",
+            invitedUserMessageInfo={
+                "messageLanguage": "de-DE",
+                "ccRecipients": [{"emailAddress": {"address": "helpdesk@fabrikam.com"}}],
+            },
+        ),
+    )
     assert response.status_code == 201
     invitation = response.json()
     assert invitation["status"] == "PendingAcceptance"
     assert invitation["invitedUserType"] == "Guest"
     assert invitation["invitedUser"] == {
         "id": BRIAN,
-        "userPrincipalName": "brian.johnson_litware.example#EXT#@fabrikam.onmicrosoft.com"}
+        "userPrincipalName": "brian.johnson_litware.example#EXT#@fabrikam.onmicrosoft.com",
+    }
     assert invitation["invitedUserMessageInfo"]["messageLanguage"] == "de-DE"
     stored = emulator.control.user("BRIAN.JOHNSON_litware.example#EXT#@fabrikam.onmicrosoft.com")
     assert stored["externalUserState"] == "PendingAcceptance"
@@ -364,11 +437,10 @@ def test_internal_member_is_not_special_cased(graph: httpx.Client) -> None:
 
 # --- faults, throttling, latency, journal, reset --------------------------------------------
 
-def test_fault_rule_with_fractional_retry_after(
-        emulator: EmulatorHandle, graph: httpx.Client) -> None:
+
+def test_fault_rule_with_fractional_retry_after(emulator: EmulatorHandle, graph: httpx.Client) -> None:
     """A 429 rule answers once with Retry-After '2.128' and throttle headers, then runs out."""
-    emulator.control.add_fault(method="POST", path="/invitations", status=429,
-                               retry_after="2.128")
+    emulator.control.add_fault(method="POST", path="/invitations", status=429, retry_after="2.128")
     throttled = graph.post("/invitations", json=reset_body())
     assert throttled.status_code == 429
     assert throttled.headers["Retry-After"] == "2.128"
@@ -381,11 +453,9 @@ def test_fault_rule_with_fractional_retry_after(
     assert entries[0]["fault"]["source"] == "rule"
 
 
-def test_after_processing_504_still_sends_the_invitation(
-        emulator: EmulatorHandle, graph: httpx.Client) -> None:
+def test_after_processing_504_still_sends_the_invitation(emulator: EmulatorHandle, graph: httpx.Client) -> None:
     """An afterProcessing 504 hides a reset that really happened (the duplicate-email risk)."""
-    emulator.control.add_fault(method="POST", path="^/invitations$", status=504,
-                               after_processing=True)
+    emulator.control.add_fault(method="POST", path="^/invitations$", status=504, after_processing=True)
     response = graph.post("/invitations", json=reset_body())
     assert response.status_code == 504
     assert error_of(response)["code"] == "GatewayTimeout"
@@ -408,8 +478,7 @@ def test_drop_closes_connection_without_response(emulator: EmulatorHandle) -> No
 def test_write_budget_throttles_writes_only(emulator: EmulatorHandle, graph: httpx.Client) -> None:
     """Beyond the write bucket a PATCH gets 429 WriteLimitExceeded; reads still pass."""
     emulator.control.set_write_budget(per_second=0.5, burst=2)
-    statuses = [graph.patch(f"/users/{ADELE}", json={"jobTitle": f"t{i}"}).status_code
-                for i in range(3)]
+    statuses = [graph.patch(f"/users/{ADELE}", json={"jobTitle": f"t{i}"}).status_code for i in range(3)]
     assert statuses == [204, 204, 429]
     assert graph.get(f"/users/{ADELE}").status_code == 200
     last = emulator.control.journal(method="PATCH")[-1]
@@ -440,8 +509,7 @@ def test_latency_is_applied(emulator: EmulatorHandle, graph: httpx.Client) -> No
 
 def test_journal_records_request_details(emulator: EmulatorHandle, graph: httpx.Client) -> None:
     """The journal keeps the Authorization value, ConsistencyLevel, query and parsed body."""
-    graph.get("/users", params={"$filter": "mail eq 'lee.gu@contoso.com'"},
-              headers={"ConsistencyLevel": "eventual"})
+    graph.get("/users", params={"$filter": "mail eq 'lee.gu@contoso.com'"}, headers={"ConsistencyLevel": "eventual"})
     graph.post("/invitations", json=reset_body())
     get, post = emulator.control.journal()
     assert get["authorization"] == f"Bearer {PLACEHOLDER}"

@@ -26,13 +26,20 @@ BASE = "http://localhost:7071"
 
 
 async def call(
-    fn: Any, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None,
-    params: dict[str, str] | None = None, route: dict[str, str] | None = None,
+    fn: Any,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    route: dict[str, str] | None = None,
 ) -> func.HttpResponse:
     raw = body if isinstance(body, bytes) else (b"" if body is None else json.dumps(body).encode())
     all_headers = {"Content-Type": "application/json", **(headers or {})}
-    request = func.HttpRequest(method, f"{BASE}{path}", headers=all_headers, params=params or {},
-                               route_params=route or {}, body=raw)  # fmt: skip
+    request = func.HttpRequest(
+        method, f"{BASE}{path}", headers=all_headers, params=params or {}, route_params=route or {}, body=raw
+    )
     response: func.HttpResponse = await fn.build().get_user_function()(request)
     return response
 
@@ -99,9 +106,15 @@ async def test_redeem_url_hidden_when_microsoft_sends_the_email(app: App) -> Non
 
 async def test_batch_is_all_or_nothing(app: App) -> None:
     """Two bad items refuse the batch: each is listed by index and field, nothing is enqueued."""
-    response = await submit({"requests": [
-        {"userId": ADELE}, {"userId": "nope"}, {"email": "a@contoso.com", "dryRun": "yes"},
-    ]})  # fmt: skip
+    response = await submit(
+        {
+            "requests": [
+                {"userId": ADELE},
+                {"userId": "nope"},
+                {"email": "a@contoso.com", "dryRun": "yes"},
+            ]
+        }
+    )
     assert response.status_code == 400
     assert response.mimetype == "application/problem+json"
     errors = {(e["index"], e["field"]) for e in body_of(response)["errors"]}
@@ -111,9 +124,15 @@ async def test_batch_is_all_or_nothing(app: App) -> None:
 
 async def test_batch_that_names_a_guest_twice_is_refused(app: App) -> None:
     """The same user twice in one batch (any case, different requestIds): 400 naming both, nothing enqueued."""
-    response = await submit({"requests": [
-        {"userId": ADELE, "requestId": "a"}, {"userId": LEE}, {"userId": ADELE.upper(), "newEmail": "x@new.example"},
-    ]})  # fmt: skip
+    response = await submit(
+        {
+            "requests": [
+                {"userId": ADELE, "requestId": "a"},
+                {"userId": LEE},
+                {"userId": ADELE.upper(), "newEmail": "x@new.example"},
+            ]
+        }
+    )
     assert response.status_code == 400
     [error] = body_of(response)["errors"]
     assert (error["index"], error["field"]) == (2, "requests[2].userId")
@@ -122,8 +141,9 @@ async def test_batch_that_names_a_guest_twice_is_refused(app: App) -> None:
 
 
 async def test_valid_batch_is_enqueued(app: App) -> None:
-    response = await submit({"requests": [{"userId": ADELE}, {"userId": LEE, "dryRun": True}]},
-                            headers={"Idempotency-Key": "batch-7"})  # fmt: skip
+    response = await submit(
+        {"requests": [{"userId": ADELE}, {"userId": LEE, "dryRun": True}]}, headers={"Idempotency-Key": "batch-7"}
+    )
     assert response.status_code == 202 and "Location" not in response.headers
     ids = [item["requestId"] for item in body_of(response)["accepted"]]
     assert ids == ["batch-7.0", "batch-7.1"]
@@ -189,8 +209,12 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.S
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(hours=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
@@ -199,8 +223,9 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.S
     folder = tmp_path_factory.mktemp("tls")
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert_path, key_path)
     return server, ssl.create_default_context(cafile=str(cert_path))
@@ -244,9 +269,7 @@ async def test_callback_is_delivered_with_retries(
     assert received[-1]["status"] == "Succeeded"
 
 
-async def test_callback_failure_never_changes_the_outcome(
-    app: App, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_callback_failure_never_changes_the_outcome(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CALLBACK_ALLOWED_HOSTS", "127.0.0.1")
     monkeypatch.setattr("shared.reset.callbacks.DELAYS", (0.01,))
     reset_settings()
@@ -264,11 +287,14 @@ async def test_allowed_callers_gate_and_requested_by(app: App, monkeypatch: pyte
     """With ALLOWED_CALLERS set, outsiders get 403 and insiders become requestedBy."""
     monkeypatch.setenv("ALLOWED_CALLERS", "helpdesk-flow@fabrikam.com")
     reset_settings()
-    outsider = await submit({"userId": ADELE}, headers={"X-MS-CLIENT-PRINCIPAL": principal(
-        preferred_username="mallory@fabrikam.com")})  # fmt: skip
+    outsider = await submit(
+        {"userId": ADELE}, headers={"X-MS-CLIENT-PRINCIPAL": principal(preferred_username="mallory@fabrikam.com")}
+    )
     assert outsider.status_code == 403
-    insider = await submit({"userId": ADELE, "requestId": "by-flow"}, headers={"X-MS-CLIENT-PRINCIPAL": principal(
-        preferred_username="helpdesk-flow@fabrikam.com")})  # fmt: skip
+    insider = await submit(
+        {"userId": ADELE, "requestId": "by-flow"},
+        headers={"X-MS-CLIENT-PRINCIPAL": principal(preferred_username="helpdesk-flow@fabrikam.com")},
+    )
     assert insider.status_code == 202
     assert queued(app)[0]["requestedBy"] == "helpdesk-flow@fabrikam.com"
 
@@ -279,9 +305,12 @@ async def test_health_reports_storage(app: App, monkeypatch: pytest.MonkeyPatch)
     from shared.reset.runtime import close_runtime
 
     await close_runtime()
-    monkeypatch.setenv("AzureWebJobsStorage", "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-                       "AccountKey=a2V5;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
-                       "QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;")  # fmt: skip
+    monkeypatch.setenv(
+        "AzureWebJobsStorage",
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        "AccountKey=a2V5;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+        "QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;",
+    )
     reset_settings()
     broken = await asyncio.wait_for(call(function_app.health, "GET", "/api/health"), 60)
     assert broken.status_code == 503
@@ -309,8 +338,14 @@ async def test_openapi_document_is_valid_swagger_2(app: App) -> None:
 
 async def test_poison_list_and_replay_then_success(app: App) -> None:
     """A request failed by a Graph outage is listed, replayed after the fix, and then succeeds."""
-    app.graph.add_fault(method="POST", path="^/invitations$", status=403, code="Authorization_RequestDenied",
-                        message="Insufficient privileges to complete the operation.", times=None)  # fmt: skip
+    app.graph.add_fault(
+        method="POST",
+        path="^/invitations$",
+        status=403,
+        code="Authorization_RequestDenied",
+        message="Insufficient privileges to complete the operation.",
+        times=None,
+    )
     await submit({"userId": ADELE, "requestId": "to-replay"})
     await deliver_queued(app)
     await app.run_poison_handler()

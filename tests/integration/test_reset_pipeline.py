@@ -55,8 +55,7 @@ async def test_emulator_gets_a_placeholder_token_never_a_real_one(app: App) -> N
 async def test_email_switch_sets_mail_and_keeps_other_mails(app: App) -> None:
     """newEmail becomes mail, is added to otherMails, existing entries stay, invite goes there."""
     before = app.graph.user(BRIAN)["otherMails"]
-    await app.deliver({"email": "brian.j@tailspin.example", "newEmail": "brian@new.example",
-                       "requestId": "switch"})  # fmt: skip
+    await app.deliver({"email": "brian.j@tailspin.example", "newEmail": "brian@new.example", "requestId": "switch"})
     user = app.graph.user(BRIAN)
     assert user["mail"] == "brian@new.example"
     assert user["otherMails"] == [*before, "brian@new.example"]
@@ -107,9 +106,13 @@ async def test_domain_rules_refuse_new_emails(app: App, monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize(
     "raw",
-    [b'{"userid": "x"}', b'{"userId": "5e0c1d2a-0001-4a5b-9c3d-000000000001", "email": "a@b.com"}',
-     b"not json", b'{"userId": "5e0c1d2a-0001-4a5b-9c3d-000000000001", "dryRun": "yes"}'],
-)  # fmt: skip
+    [
+        b'{"userid": "x"}',
+        b'{"userId": "5e0c1d2a-0001-4a5b-9c3d-000000000001", "email": "a@b.com"}',
+        b"not json",
+        b'{"userId": "5e0c1d2a-0001-4a5b-9c3d-000000000001", "dryRun": "yes"}',
+    ],
+)
 async def test_invalid_messages_are_poisoned_on_first_delivery(app: App, raw: bytes) -> None:
     """Bad input ends in poison at once with InvalidRequest, not after five tries."""
     await app.deliver(raw, dequeue_count=1)
@@ -204,8 +207,7 @@ async def test_concurrent_deliveries_send_one_invitation(app: App) -> None:
 
 async def test_redelivery_after_crash_mid_invite_checks_before_sending(app: App) -> None:
     """If an earlier delivery died after Graph took the invitation, the next one does not resend."""
-    app.graph.add_fault(method="POST", path="^/invitations$", status=None, drop=True,
-                        after_processing=True, times=None)  # fmt: skip
+    app.graph.add_fault(method="POST", path="^/invitations$", status=None, drop=True, after_processing=True, times=None)
     app.graph.add_fault(method="GET", path=f"^/users/{ADELE}$", status=503, times=None)
     with pytest.raises(Exception):  # noqa: B017, PT011 - the outage surfaces as our transient error
         await app.deliver({"userId": ADELE, "requestId": "crash"}, message_id="m", dequeue_count=1)
@@ -218,9 +220,16 @@ async def test_redelivery_after_crash_mid_invite_checks_before_sending(app: App)
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"\xff\xfe garbage", b"", b"[]", b"{}", b'{"request": 5, "error": "x"}', b'{"error": {}, "request": null}',
-     b'{"userId": 12}'],
-)  # fmt: skip
+    [
+        b"\xff\xfe garbage",
+        b"",
+        b"[]",
+        b"{}",
+        b'{"request": 5, "error": "x"}',
+        b'{"error": {}, "request": null}',
+        b'{"userId": 12}',
+    ],
+)
 async def test_poison_handler_survives_garbage(app: App, garbage: bytes) -> None:
     """The poison handler never raises, whatever lands in the poison queue."""
     from shared.reset.worker import handle_poison_message
@@ -228,9 +237,7 @@ async def test_poison_handler_survives_garbage(app: App, garbage: bytes) -> None
     await handle_poison_message(garbage, message_id="g1")
 
 
-async def test_no_log_record_leaks_emails_tokens_or_redeem_urls(
-    app: App, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_no_log_record_leaks_emails_tokens_or_redeem_urls(app: App, caplog: pytest.LogCaptureFixture) -> None:
     """Safety rule 6 across a full run with an email switch, a refusal and a throttle."""
     caplog.set_level(logging.DEBUG)
     app.graph.add_fault(method="POST", path="^/invitations$", status=429, retry_after="0.2", times=1)
@@ -239,8 +246,14 @@ async def test_no_log_record_leaks_emails_tokens_or_redeem_urls(
     await app.deliver({"email": "adele.vance@contoso.com", "sendInvitationMessage": False})
     await app.run_poison_handler()
     text = unquote("\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records))
-    for secret in ("brian@new.example", "brian.j@tailspin.example", "taken@contoso.com",
-                   "adele.vance@contoso.com", "emulator-placeholder-token", "redeem?"):  # fmt: skip
+    for secret in (
+        "brian@new.example",
+        "brian.j@tailspin.example",
+        "taken@contoso.com",
+        "adele.vance@contoso.com",
+        "emulator-placeholder-token",
+        "redeem?",
+    ):
         assert secret not in text, secret
     assert any("sent to poison" in r.getMessage() for r in caplog.records)
 

@@ -167,6 +167,8 @@ def test_default_source_and_requester_fill_empty_cells_only() -> None:
     text = f"userId,requestedBy\n{ADELE},\n{LEE},alice\n"
     _, rows = read(text, source="bulk:guests.csv", requested_by="cli-user")
     requests = [r.request for r in rows]
-    assert [(q.source, q.requested_by) for q in requests if q] == [("bulk:guests.csv", "cli-user"),
-                                                                   ("bulk:guests.csv", "alice")]  # fmt: skip
+    assert [(q.source, q.requested_by) for q in requests if q] == [
+        ("bulk:guests.csv", "cli-user"),
+        ("bulk:guests.csv", "alice"),
+    ]
     assert canonical_json(requests[0], requestId="bulk-x-1").endswith('"requestId":"bulk-x-1"}')  # type: ignore[arg-type]

@@ -102,8 +102,16 @@ async def test_rows_the_worker_already_picked_up_are_not_sent_again() -> None:
     """On resume, rows of the chunk in flight that have a status record are skipped."""
     store = MemoryStore()
     total = CHUNK_ROWS + 20
-    progress = FileProgress("0123456789abcdef", "x" * 64, "f.csv", FileState.ENQUEUING, total,
-                            rows_sent=CHUNK_ROWS, sending_through=total, runs=1)  # fmt: skip
+    progress = FileProgress(
+        "0123456789abcdef",
+        "x" * 64,
+        "f.csv",
+        FileState.ENQUEUING,
+        total,
+        rows_sent=CHUNK_ROWS,
+        sending_through=total,
+        runs=1,
+    )
     store.records = {f"bulk-0123456789abcdef-{row}" for row in range(CHUNK_ROWS + 1, CHUNK_ROWS + 6)}
     queue = Queue()
     result = await enqueue(numbered(CHUNK_ROWS + 1, total), progress=progress, store=store, send=queue.send)

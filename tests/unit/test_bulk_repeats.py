@@ -56,8 +56,9 @@ def test_repeated_upn_and_email_are_compared_without_case() -> None:
     )
     summary = validate_chunks(source)
     assert [(line, column, field) for line, column, field, _ in problems(summary)] == [
-        (4, 1, "userPrincipalName"), (5, 2, "email"),
-    ]  # fmt: skip
+        (4, 1, "userPrincipalName"),
+        (5, 2, "email"),
+    ]
     assert "line 2" in summary.problems[0].message and "line 3" in summary.problems[1].message
 
 
@@ -73,8 +74,10 @@ def test_repeats_are_listed_in_line_order_with_the_other_problems() -> None:
     source = Source(f"userId,newEmail\n{ADELE},\n{LEE},not-an-email\n{ADELE},\n{ADELE},\n")
     summary = validate_chunks(source)
     assert [(line, field) for line, _, field, _ in problems(summary)] == [
-        (3, "newEmail"), (4, "userId"), (5, "userId"),
-    ]  # fmt: skip
+        (3, "newEmail"),
+        (4, "userId"),
+        (5, "userId"),
+    ]
     assert summary.invalid_rows == 3
     assert all("line 2" in p.message for p in summary.problems[1:])
 
@@ -90,4 +93,3 @@ def test_false_candidates_of_a_crowded_filter_are_cleared_by_the_second_pass(mon
     repeated = Source("userId\n" + "\n".join([*rows, rows[41]]) + "\n", chunk=1024)
     summary = validate_chunks(repeated)
     assert [(p.line, p.message.split(":")[0]) for p in summary.problems] == [(302, "the same user as line 43")]
-

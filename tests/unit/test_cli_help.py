@@ -32,11 +32,20 @@ async def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[
 
 def test_runs_as_a_module_and_as_the_console_script() -> None:
     """``python -m tools.cli.main`` and the ``guest-reset`` script that ``pip install`` puts beside Python."""
-    module = subprocess.run([sys.executable, "-m", "tools.cli.main", "submit", "--help"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    module = subprocess.run(
+        [sys.executable, "-m", "tools.cli.main", "submit", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert module.returncode == 0 and "guest-reset submit guests.csv" in module.stdout
     script = Path(sys.executable).with_name("guest-reset")
     assert script.exists() or shutil.which("guest-reset"), "pip install -e . installs the guest-reset script"
-    console = subprocess.run([str(script if script.exists() else "guest-reset"), "reset", "--help"],
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    console = subprocess.run(
+        [str(script if script.exists() else "guest-reset"), "reset", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert console.returncode == 0 and "--new-email" in console.stdout and "--dry-run" in console.stdout

@@ -62,8 +62,13 @@ def test_field_rules_are_each_reported() -> None:
         )
     )
     assert set(found) == {
-        "newEmail", "inviteRedirectUrl", "ccRecipients", "dryRun", "messageLanguage", "requestId",
-    }  # fmt: skip
+        "newEmail",
+        "inviteRedirectUrl",
+        "ccRecipients",
+        "dryRun",
+        "messageLanguage",
+        "requestId",
+    }
     assert "https" in found["inviteRedirectUrl"]
     assert "storage key" in found["requestId"]
 

@@ -21,19 +21,39 @@ def graph_error(code: str, message: str) -> dict[str, object]:
         (503, "ServiceUnavailable", "down", "GraphUnavailable", False),
         (504, "GatewayTimeout", "slow", "GraphUnavailable", False),
         (409, "Directory_ConcurrencyViolation", "race", "GraphConcurrencyViolation", False),
-        (400, "BadRequest", "The email you're using to invite this user doesn't match any emails on the user object.",
-         "EmailNotOnUser", True),
-        (400, "Request_BadRequest", "Another object with the same value for property proxyAddresses already exists.",
-         "EmailInUse", True),
-        (403, "Forbidden", "Invitations are blocked for this directory due to suspicious activity.",
-         "InvitationsBlocked", True),
-        (403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.",
-         "GraphForbidden", True),
+        (
+            400,
+            "BadRequest",
+            "The email you're using to invite this user doesn't match any emails on the user object.",
+            "EmailNotOnUser",
+            True,
+        ),
+        (
+            400,
+            "Request_BadRequest",
+            "Another object with the same value for property proxyAddresses already exists.",
+            "EmailInUse",
+            True,
+        ),
+        (
+            403,
+            "Forbidden",
+            "Invitations are blocked for this directory due to suspicious activity.",
+            "InvitationsBlocked",
+            True,
+        ),
+        (
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+            "GraphForbidden",
+            True,
+        ),
         (401, "Unauthorized", "Insufficient privileges", "GraphUnauthorized", True),
         (404, "Request_ResourceNotFound", "Resource 'x' does not exist", "UserNotFound", True),
         (409, "Conflict", "other", "Graph409", True),
     ],
-)  # fmt: skip
+)
 def test_graph_failures_are_classified(status: int, code: str, message: str, ours: str, permanent: bool) -> None:
     """Each Graph failure maps to a stable code and a retry verdict."""
     error = classify_graph_response(status, graph_error(code, message), {"request-id": "rid-1"})
@@ -66,7 +86,9 @@ def test_mask_email_keeps_domain_only() -> None:
 
 
 def test_redact_hides_addresses_tokens_and_redeem_urls() -> None:
-    text = "to adele.vance@contoso.com with Bearer eyJ0eXAi.abc.def link https://login.microsoftonline.com/redeem?rd=xyz"
+    text = (
+        "to adele.vance@contoso.com with Bearer eyJ0eXAi.abc.def link https://login.microsoftonline.com/redeem?rd=xyz"
+    )
     cleaned = redact(text)
     assert "adele.vance@contoso.com" not in cleaned
     assert "eyJ0eXAi" not in cleaned

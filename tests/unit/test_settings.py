@@ -36,8 +36,13 @@ def test_every_problem_is_listed_in_one_error() -> None:
             }
         )
     text = str(caught.value)
-    for name in ("AzureWebJobsStorage", "GRAPH_BASE_URL", "ALLOW_MEMBER_RESET", "GRAPH_WRITES_PER_SECOND",
-                 "RESET_REQUEST_QUEUE"):  # fmt: skip
+    for name in (
+        "AzureWebJobsStorage",
+        "GRAPH_BASE_URL",
+        "ALLOW_MEMBER_RESET",
+        "GRAPH_WRITES_PER_SECOND",
+        "RESET_REQUEST_QUEUE",
+    ):
         assert name in text
     assert len(caught.value.problems) == 5
 
@@ -59,9 +64,13 @@ def test_national_clouds_and_loopback_emulator_are_accepted(url: str, cloud: Gra
 
 @pytest.mark.parametrize(
     "url",
-    ["http://graph.microsoft.com/v1.0", "http://10.0.0.5/v1.0", "https://graph.microsoft.com.evil.io/v1.0",
-     "https://graph.microsoft.com/"],
-)  # fmt: skip
+    [
+        "http://graph.microsoft.com/v1.0",
+        "http://10.0.0.5/v1.0",
+        "https://graph.microsoft.com.evil.io/v1.0",
+        "https://graph.microsoft.com/",
+    ],
+)
 def test_other_graph_urls_are_refused(url: str) -> None:
     """Tokens only ever go to Microsoft Graph; plain http only to loopback."""
     with pytest.raises(SettingsError, match="GRAPH_BASE_URL"):
@@ -128,6 +137,7 @@ async def test_concurrent_first_calls_share_one_runtime(monkeypatch: pytest.Monk
     import asyncio
 
     from shared.reset import runtime as runtime_module
+
     built: list[object] = []
 
     async def factory(settings: object) -> runtime_module.Runtime:

@@ -60,9 +60,7 @@ async def test_transient_failures_recover_within_max_attempts() -> None:
             raise TransientError("down", code="GraphUnavailable", retry_after=0.0)
         return "ok"
 
-    result = await call_with_retries(
-        flaky, policy=RetryPolicy((0.0,), 5), budget=WriteBudget(100), what="test"
-    )
+    result = await call_with_retries(flaky, policy=RetryPolicy((0.0,), 5), budget=WriteBudget(100), what="test")
     assert result == "ok" and len(calls) == 3
 
 

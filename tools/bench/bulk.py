@@ -70,18 +70,26 @@ def write_file(path: Path, rows: int) -> Path:
 
 def _settings(azurite: AzuriteEndpoints) -> Settings:
     suffix = uuid.uuid4().hex[:10]
-    return parse_settings({
-        "AzureWebJobsStorage": azurite.connection_string, "GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0",
-        "RESET_REQUEST_QUEUE": f"bulk-{suffix}", "RESET_RESULT_QUEUE": f"bulk-{suffix}-res",
-        "RESET_STATUS_TABLE": f"Bulk{suffix}",
-    })  # fmt: skip
+    return parse_settings(
+        {
+            "AzureWebJobsStorage": azurite.connection_string,
+            "GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0",
+            "RESET_REQUEST_QUEUE": f"bulk-{suffix}",
+            "RESET_RESULT_QUEUE": f"bulk-{suffix}-res",
+            "RESET_STATUS_TABLE": f"Bulk{suffix}",
+        }
+    )
 
 
 async def _bodies(path: Path, settings: Settings | None) -> list[str]:
     """The exact messages submit sends for this file (computed before any clock starts)."""
     summary = validate_file(path, settings=settings, source=default_source(path))
-    return [body async for _, body in rows_to_send(_read_async(path), sha256=summary.sha256, settings=settings,
-                                                    source=default_source(path))]  # fmt: skip
+    return [
+        body
+        async for _, body in rows_to_send(
+            _read_async(path), sha256=summary.sha256, settings=settings, source=default_source(path)
+        )
+    ]
 
 
 async def _raw(azurite: AzuriteEndpoints, bodies: list[str]) -> float:
@@ -124,8 +132,7 @@ async def _submit(azurite: AzuriteEndpoints, path: Path, rows: int) -> float:
 def _sequential(azurite: AzuriteEndpoints, bodies: list[str], *, sdk_defaults: bool = False) -> float:
     """One message at a time with the sync SDK (the app's options, or the SDK's): seconds per message."""
     options = {} if sdk_defaults else client_options()
-    queue = SyncQueueClient.from_connection_string(azurite.connection_string, f"seq-{uuid.uuid4().hex[:10]}",
-                                                   **options)  # fmt: skip
+    queue = SyncQueueClient.from_connection_string(azurite.connection_string, f"seq-{uuid.uuid4().hex[:10]}", **options)
     queue.create_queue()
     for body in bodies[:50]:  # warm-up, as the concurrent sides get: connection, first requests
         queue.send_message(body)
@@ -177,8 +184,11 @@ def run(*, quick: bool) -> BenchResult:
             for side in best:
                 # A fresh Azurite per measurement: it holds on to deleted messages and slows down.
                 with running_azurite() as azurite:
-                    measured = (_sequential(azurite, bodies[:subset]) if side == "sequential"
-                                else asyncio.run(timed(azurite, side)))  # fmt: skip
+                    measured = (
+                        _sequential(azurite, bodies[:subset])
+                        if side == "sequential"
+                        else asyncio.run(timed(azurite, side))
+                    )
                     best[side] = min(best[side], measured)
         raw_s, submit_s, per_message = best["raw"], best["submit"], best["sequential"]
         with running_azurite() as azurite:
@@ -190,37 +200,73 @@ def run(*, quick: bool) -> BenchResult:
     submit_ratio = submit_s / raw_s
     speedup = sequential_s / submit_s
     memory_ratio = large / small
-    result = BenchResult("bulk", f"{rows:,}-row file, a fresh Azurite per run, concurrency {CONCURRENCY}; "
-                                 f"best of {rounds}")  # fmt: skip
+    result = BenchResult(
+        "bulk", f"{rows:,}-row file, a fresh Azurite per run, concurrency {CONCURRENCY}; best of {rounds}"
+    )
     result.rows.append(
-        Row(f"submit {rows:,} rows vs raw concurrent sends (s)", f"{submit_s:.2f}", f"{raw_s:.2f}",
-            f"{submit_ratio:.2f}x", f"<= {SUBMIT_GOAL}x", submit_ratio <= SUBMIT_GOAL)
-    )  # fmt: skip
+        Row(
+            f"submit {rows:,} rows vs raw concurrent sends (s)",
+            f"{submit_s:.2f}",
+            f"{raw_s:.2f}",
+            f"{submit_ratio:.2f}x",
+            f"<= {SUBMIT_GOAL}x",
+            submit_ratio <= SUBMIT_GOAL,
+        )
+    )
     result.rows.append(
-        Row(f"submit vs one at a time (s, sequential extrapolated from {subset:,})", f"{submit_s:.2f}",
-            f"{sequential_s:.2f}", f"{speedup:.2f}x faster", f">= {SEQUENTIAL_GOAL}x", speedup >= SEQUENTIAL_GOAL)
-    )  # fmt: skip
+        Row(
+            f"submit vs one at a time (s, sequential extrapolated from {subset:,})",
+            f"{submit_s:.2f}",
+            f"{sequential_s:.2f}",
+            f"{speedup:.2f}x faster",
+            f">= {SEQUENTIAL_GOAL}x",
+            speedup >= SEQUENTIAL_GOAL,
+        )
+    )
     result.rows.append(
-        Row("rates, messages/s: submit | raw concurrent | one at a time", f"{rows / submit_s:,.0f}",
-            f"{rows / raw_s:,.0f} | {1 / per_message:,.0f}")
-    )  # fmt: skip
+        Row(
+            "rates, messages/s: submit | raw concurrent | one at a time",
+            f"{rows / submit_s:,.0f}",
+            f"{rows / raw_s:,.0f} | {1 / per_message:,.0f}",
+        )
+    )
     result.rows.append(
-        Row("submit vs one at a time with the SDK's default options (info)", f"{submit_s:.2f}",
-            f"{per_message_default * rows:.2f}", f"{per_message_default * rows / submit_s:.2f}x faster")
-    )  # fmt: skip
+        Row(
+            "submit vs one at a time with the SDK's default options (info)",
+            f"{submit_s:.2f}",
+            f"{per_message_default * rows:.2f}",
+            f"{per_message_default * rows / submit_s:.2f}x faster",
+        )
+    )
     # The ceiling of goal 2 on this machine: the raw SDK's own concurrent speed-up over one at a time.
     result.rows.append(
-        Row("raw concurrent vs one at a time (the SDK's own ceiling, info)", f"{raw_s:.2f}", f"{sequential_s:.2f}",
-            f"{sequential_s / raw_s:.2f}x faster")
-    )  # fmt: skip
+        Row(
+            "raw concurrent vs one at a time (the SDK's own ceiling, info)",
+            f"{raw_s:.2f}",
+            f"{sequential_s:.2f}",
+            f"{sequential_s / raw_s:.2f}x faster",
+        )
+    )
     result.rows.append(
-        Row(f"validation only, rows/s ({VALIDATION_ROWS:,} rows from disk)", f"{validation_rate:,.0f}", "",
-            "", f">= {VALIDATION_GOAL:,}", validation_rate >= VALIDATION_GOAL)
-    )  # fmt: skip
+        Row(
+            f"validation only, rows/s ({VALIDATION_ROWS:,} rows from disk)",
+            f"{validation_rate:,.0f}",
+            "",
+            "",
+            f">= {VALIDATION_GOAL:,}",
+            validation_rate >= VALIDATION_GOAL,
+        )
+    )
     result.rows.append(
-        Row(f"peak memory validating {MEMORY_ROWS[1]:,} vs {MEMORY_ROWS[0]:,} rows (KiB)", f"{large / 1024:,.0f}",
-            f"{small / 1024:,.0f}", f"{memory_ratio:.2f}x", f"<= {MEMORY_GOAL}x", memory_ratio <= MEMORY_GOAL)
-    )  # fmt: skip
+        Row(
+            f"peak memory validating {MEMORY_ROWS[1]:,} vs {MEMORY_ROWS[0]:,} rows (KiB)",
+            f"{large / 1024:,.0f}",
+            f"{small / 1024:,.0f}",
+            f"{memory_ratio:.2f}x",
+            f"<= {MEMORY_GOAL}x",
+            memory_ratio <= MEMORY_GOAL,
+        )
+    )
     result.notes.append(
         "Raw baseline: azure.storage.queue.aio send_message of the very bodies submit sends, "
         f"{CONCURRENCY} in flight, with the app's client options (no per-request proxy lookups). Submit "

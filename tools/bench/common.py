@@ -86,15 +86,14 @@ def make_guests(count: int) -> list[JsonDict]:
                 "externalUserStateChangeDateTime": "2024-03-01T10:00:00Z",
                 "creationType": "Invitation",
                 "identities": [
-                    {"signInType": "userPrincipalName", "issuer": "fabrikam.onmicrosoft.com",
-                     "issuerAssignedId": upn},
+                    {"signInType": "userPrincipalName", "issuer": "fabrikam.onmicrosoft.com", "issuerAssignedId": upn},
                     {"signInType": "federated", "issuer": "ExternalAzureAD", "issuerAssignedId": None},
                 ],
                 "proxyAddresses": [f"SMTP:{mail}"],
                 "accountEnabled": True,
                 "createdDateTime": "2023-11-15T09:30:00Z",
             }
-        )  # fmt: skip
+        )
     return users
 
 

@@ -154,9 +154,13 @@ def run(emulator: EmulatorHandle, *, quick: bool, profile: bool = False) -> Benc
         )
     )
     result.rows.append(
-        Row("same Graph requests on every side (method, path, query, body, auth)", "yes" if same_requests else "NO",
-            goal="yes", passed=same_requests)
-    )  # fmt: skip
+        Row(
+            "same Graph requests on every side (method, path, query, body, auth)",
+            "yes" if same_requests else "NO",
+            goal="yes",
+            passed=same_requests,
+        )
+    )
     result.rows.append(Row("failed resets (all runs)", str(failures), goal="0", passed=failures == 0))
     for name, stats in runs.items():
         detail = ", ".join(

@@ -100,13 +100,20 @@ def run(*, quick: bool) -> BenchResult:
     ratio = app_s / base_s
     result = BenchResult("import", f"cold import, median of {runs} fresh interpreters each, alternating")
     result.rows.append(
-        Row("import function_app vs azure.functions + storage aio SDKs (ms)", f"{app_s * 1000:.0f}",
-            f"{base_s * 1000:.0f}", f"{ratio:.2f}x", f"<= {GOAL:.1f}x", ratio <= GOAL)
-    )  # fmt: skip
+        Row(
+            "import function_app vs azure.functions + storage aio SDKs (ms)",
+            f"{app_s * 1000:.0f}",
+            f"{base_s * 1000:.0f}",
+            f"{ratio:.2f}x",
+            f"<= {GOAL:.1f}x",
+            ratio <= GOAL,
+        )
+    )
     result.rows.append(
-        Row("msgraph*/kiota* modules after import function_app", str(len(sdk_modules)), goal="0",
-            passed=not sdk_modules)
-    )  # fmt: skip
+        Row(
+            "msgraph*/kiota* modules after import function_app", str(len(sdk_modules)), goal="0", passed=not sdk_modules
+        )
+    )
     clean = not any(m.startswith(("msgraph", "kiota")) for m in sdk_modules)
     result.notes.append(
         "not any(m.startswith('msgraph') or m.startswith('kiota') for m in sys.modules) -> "

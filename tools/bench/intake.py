@@ -87,8 +87,10 @@ async def _raw(azurite: AzuriteEndpoints, count: int, concurrency: int) -> float
     """The storage work alone (entities and messages built beforehand), async SDKs configured as the app's."""
     names, items = _names(), _storage_work(count)
     conn, options = azurite.connection_string, client_options()
-    async with TableClient.from_connection_string(conn, names["table"], **options) as table, \
-            QueueClient.from_connection_string(conn, names["queue"], **options) as queue:  # fmt: skip
+    async with (
+        TableClient.from_connection_string(conn, names["table"], **options) as table,
+        QueueClient.from_connection_string(conn, names["queue"], **options) as queue,
+    ):
         await table.create_table()
         await queue.create_queue()
 
@@ -172,17 +174,32 @@ def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
     single_ratio = raw_rate / api_rate
     result = BenchResult("intake", f"through the local runner on a fresh Azurite; best of {rounds}, alternating")
     result.rows.append(
-        Row(f"{batch}-request batch accepted, s", f"{best['api_batch']:.2f}", f"{best['raw_batch']:.2f}",
-            f"{batch_ratio:.2f}x", f"<= {BATCH_GOAL}x", batch_ratio <= BATCH_GOAL)
-    )  # fmt: skip
+        Row(
+            f"{batch}-request batch accepted, s",
+            f"{best['api_batch']:.2f}",
+            f"{best['raw_batch']:.2f}",
+            f"{batch_ratio:.2f}x",
+            f"<= {BATCH_GOAL}x",
+            batch_ratio <= BATCH_GOAL,
+        )
+    )
     result.rows.append(
-        Row(f"single requests, {CLIENTS} clients, requests/s", f"{api_rate:.0f}", f"{raw_rate:.0f}",
-            f"{single_ratio:.2f}x", f"<= {SINGLE_GOAL}x", single_ratio <= SINGLE_GOAL)
-    )  # fmt: skip
+        Row(
+            f"single requests, {CLIENTS} clients, requests/s",
+            f"{api_rate:.0f}",
+            f"{raw_rate:.0f}",
+            f"{single_ratio:.2f}x",
+            f"<= {SINGLE_GOAL}x",
+            single_ratio <= SINGLE_GOAL,
+        )
+    )
     result.rows.append(
-        Row("batch intake rate, requests/s (info)", f"{batch / best['api_batch']:.0f}",
-            f"{batch / best['raw_batch']:.0f}")
-    )  # fmt: skip
+        Row(
+            "batch intake rate, requests/s (info)",
+            f"{batch / best['api_batch']:.0f}",
+            f"{batch / best['raw_batch']:.0f}",
+        )
+    )
     result.notes.append(
         "Baseline: raw async azure-data-tables + azure-storage-queue calls, one insert (the Accepted entity "
         f"intake writes) and one send (its message) per request, at the same concurrency (batch {CONCURRENCY}, "

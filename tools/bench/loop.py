@@ -115,22 +115,39 @@ def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
         f"{count} resets, emulator latency {LATENCY_MS} ms, no emulator write quota",
     )
     result.rows.append(
-        Row(f"ours (concurrency {CONCURRENCY}, WriteBudget {RATE:g}/s) vs one-at-a-time loop, s",
-            f"{ours.wall:.2f}", f"{loop.wall:.2f}", f"{speedup:.2f}x", f">= {GOAL:.1f}x",
-            speedup >= GOAL)
-    )  # fmt: skip
+        Row(
+            f"ours (concurrency {CONCURRENCY}, WriteBudget {RATE:g}/s) vs one-at-a-time loop, s",
+            f"{ours.wall:.2f}",
+            f"{loop.wall:.2f}",
+            f"{speedup:.2f}x",
+            f">= {GOAL:.1f}x",
+            speedup >= GOAL,
+        )
+    )
     result.rows.append(
-        Row(f"best possible speed-up at {RATE:g} writes/s (info)", f"{count / RATE:.2f}",
-            f"{loop.wall:.2f}", f"{ceiling:.2f}x")
-    )  # fmt: skip
+        Row(
+            f"best possible speed-up at {RATE:g} writes/s (info)",
+            f"{count / RATE:.2f}",
+            f"{loop.wall:.2f}",
+            f"{ceiling:.2f}x",
+        )
+    )
     result.rows.append(
-        Row("ours vs the cmdlet's loop (read + invite only) (info)", f"{ours.wall:.2f}",
-            f"{cmdlet.wall:.2f}", f"{cmdlet.wall / ours.wall:.2f}x")
-    )  # fmt: skip
+        Row(
+            "ours vs the cmdlet's loop (read + invite only) (info)",
+            f"{ours.wall:.2f}",
+            f"{cmdlet.wall:.2f}",
+            f"{cmdlet.wall / ours.wall:.2f}x",
+        )
+    )
     result.rows.append(
-        Row(f"ours with WriteBudget {UNCAPPED_RATE:g}/s (info)", f"{uncapped.wall:.2f}",
-            f"{loop.wall:.2f}", f"{loop.wall / uncapped.wall:.2f}x")
-    )  # fmt: skip
+        Row(
+            f"ours with WriteBudget {UNCAPPED_RATE:g}/s (info)",
+            f"{uncapped.wall:.2f}",
+            f"{loop.wall:.2f}",
+            f"{loop.wall / uncapped.wall:.2f}x",
+        )
+    )
     failures = sum(len(s.failures) for s in (ours, loop, cmdlet, uncapped))
     result.rows.append(Row("failed resets (all runs)", str(failures), goal="0", passed=failures == 0))
     result.notes.append(

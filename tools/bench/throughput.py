@@ -75,14 +75,26 @@ def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
         f"write quota {RATE:g}/s (burst {RATE:g}), WriteBudget {RATE:g}/s",
     )
     result.rows.append(
-        Row("elapsed vs budget-limited ideal (s)", f"{stats.wall:.2f}", f"{ideal:.2f}", f"{ratio:.3f}x",
-            f"<= {GOAL:.2f}x", ratio <= GOAL)
-    )  # fmt: skip
+        Row(
+            "elapsed vs budget-limited ideal (s)",
+            f"{stats.wall:.2f}",
+            f"{ideal:.2f}",
+            f"{ratio:.3f}x",
+            f"<= {GOAL:.2f}x",
+            ratio <= GOAL,
+        )
+    )
     result.rows.append(Row("resets completed", str(stats.done), str(count), passed=stats.done == count))
     result.rows.append(Row("failed resets", str(len(stats.failures)), goal="0", passed=not stats.failures))
     result.rows.append(Row("429s in the emulator journal", str(throttled), goal="0", passed=throttled == 0))
-    result.rows.append(Row("writes (journal) / invitations created", f"{writes} / {invitations}", str(count),
-                           passed=writes == count == invitations))  # fmt: skip
+    result.rows.append(
+        Row(
+            "writes (journal) / invitations created",
+            f"{writes} / {invitations}",
+            str(count),
+            passed=writes == count == invitations,
+        )
+    )
     result.rows.append(Row("achieved writes/s (info)", f"{writes / stats.wall:.2f}", f"{RATE:g}"))
     result.rows.append(Row("client CPU per reset, ms (info)", f"{stats.cpu / count * 1000:.2f}"))
     result.notes.append(

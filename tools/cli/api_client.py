@@ -14,8 +14,6 @@ RETRY_DELAYS = (0.5, 1.0, 2.0)  # connection failures, 429 and 5xx; Retry-After 
 MAX_RETRY_AFTER = 30.0
 
 
-
-
 def api_base(url: str) -> str:
     """``https://app.azurewebsites.net``, with or without ``/api`` and a trailing slash."""
     base = url.strip().rstrip("/")
@@ -38,9 +36,14 @@ class ApiClient:
         await self._http.aclose()
 
     async def _call(
-        self, method: str, path: str, *, content: bytes | None = None, params: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        params: dict[str, str] | None = None,
         ok: tuple[int, ...] = (200, 202),
-    ) -> httpx.Response:  # fmt: skip
+    ) -> httpx.Response:
         headers = {"Content-Type": "application/json"} if content is not None else {}
         last = "no answer"
         for attempt in range(len(RETRY_DELAYS) + 1):
@@ -62,8 +65,9 @@ class ApiClient:
             if delay is None:
                 break
             await asyncio.sleep(delay)
-        raise TransientError(f"the API at {self._http.base_url} is unavailable ({method} {path}: {last})",
-                             code="ApiUnavailable")  # fmt: skip
+        raise TransientError(
+            f"the API at {self._http.base_url} is unavailable ({method} {path}: {last})", code="ApiUnavailable"
+        )
 
     def _refusal(self, method: str, path: str, response: httpx.Response) -> ApiRefusedError:
         try:
@@ -74,13 +78,16 @@ class ApiClient:
         errors = body.get("errors") if isinstance(body, dict) and isinstance(body.get("errors"), list) else []
         status = response.status_code
         if status in (401, 403):
-            return ApiAuthError(f"{method} {path} -> {status}: check --api-key (a function key; the poison "
-                                f"commands need the admin/master key){f' ({detail})' if detail else ''}",
-                                status=status)  # fmt: skip
+            return ApiAuthError(
+                f"{method} {path} -> {status}: check --api-key (a function key; the poison "
+                f"commands need the admin/master key){f' ({detail})' if detail else ''}",
+                status=status,
+            )
         if status == 404 and path.startswith("/poison"):
             return ApiAuthError(f"{method} {path} -> 404: check --api-url", status=status)
-        return ApiRefusedError(f"{method} {path} -> {status}: {detail or response.text[:300]}", status=status,
-                               errors=errors)  # fmt: skip
+        return ApiRefusedError(
+            f"{method} {path} -> {status}: {detail or response.text[:300]}", status=status, errors=errors
+        )
 
     async def submit(self, batch_json: bytes) -> list[dict[str, Any]]:
         """POST /api/resets with {"requests": [...]}; the accepted items, in order."""

@@ -49,17 +49,16 @@ EXIT_CODES = """exit codes:
 
 EXAMPLES = {
     "submit": "guest-reset submit guests.csv\n"
-              "  guest-reset submit guests.csv --api-url https://<app>.azurewebsites.net --api-key <function key>",
+    "  guest-reset submit guests.csv --api-url https://<app>.azurewebsites.net --api-key <function key>",
     "status": "guest-reset status guests.csv.receipt.json --wait\n"
-              "  guest-reset status --request-id bulk-0123456789abcdef-7 --json",
+    "  guest-reset status --request-id bulk-0123456789abcdef-7 --json",
     "report": "guest-reset report --since 24h --output outcomes.csv\n"
-              "  guest-reset report --since 2026-01-31T00:00:00Z --until 2026-02-01T00:00:00Z",
+    "  guest-reset report --since 2026-01-31T00:00:00Z --until 2026-02-01T00:00:00Z",
     "poison": "guest-reset poison list --error-code UserNotFound\n"
-              "  guest-reset poison replay --request-id bulk-0123456789abcdef-7",
+    "  guest-reset poison replay --request-id bulk-0123456789abcdef-7",
     "reset": "guest-reset reset --email brian.j@tailspin.example --new-email brian@new.example --dry-run\n"
-             "  guest-reset reset --user-id 5e0c1d2a-0001-4a5b-9c3d-000000000001 --ticket-id INC-1001",
-}  # fmt: skip
-
+    "  guest-reset reset --user-id 5e0c1d2a-0001-4a5b-9c3d-000000000001 --ticket-id INC-1001",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,36 +76,51 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
-    common.add_argument("--settings", metavar="FILE",
-                        help="local.settings.json to read settings from (default: ./local.settings.json if present)")
+    common.add_argument(
+        "--settings",
+        metavar="FILE",
+        help="local.settings.json to read settings from (default: ./local.settings.json if present)",
+    )
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
     api = _Parser(add_help=False)
-    api.add_argument("--api-url", default=os.environ.get("GUEST_RESET_API_URL"),
-                     help="go through the HTTP API at this URL instead of storage (env GUEST_RESET_API_URL)")
-    api.add_argument("--api-key", default=os.environ.get("GUEST_RESET_API_KEY"),
-                     help="function key for --api-url (env GUEST_RESET_API_KEY); admin key for poison")  # fmt: skip
+    api.add_argument(
+        "--api-url",
+        default=os.environ.get("GUEST_RESET_API_URL"),
+        help="go through the HTTP API at this URL instead of storage (env GUEST_RESET_API_URL)",
+    )
+    api.add_argument(
+        "--api-key",
+        default=os.environ.get("GUEST_RESET_API_KEY"),
+        help="function key for --api-url (env GUEST_RESET_API_KEY); admin key for poison",
+    )
 
     parser = _Parser(prog="guest-reset", description=__doc__, formatter_class=fmt, epilog=_epilog(*EXAMPLES))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     submit = commands.add_parser(
-        "submit", parents=[common, api], formatter_class=fmt, epilog=_epilog("submit"),
+        "submit",
+        parents=[common, api],
+        formatter_class=fmt,
+        epilog=_epilog("submit"),
         help="validate a CSV file, then enqueue every row (nothing is sent twice)",
         description="Validate every row first (any invalid row: nothing is sent, all problems listed), then "
-                    "enqueue the rows concurrently and write a receipt (row -> requestId). requestIds are "
-                    "bulk-<file hash>-<row>: submitting the same file again sends nothing twice.",
-    )  # fmt: skip
+        "enqueue the rows concurrently and write a receipt (row -> requestId). requestIds are "
+        "bulk-<file hash>-<row>: submitting the same file again sends nothing twice.",
+    )
     submit.add_argument("file", type=Path, help="CSV file (see samples/bulk-resets.sample.csv)")
     submit.add_argument("--receipt", type=Path, help="where to write the receipt (default: FILE.receipt.json)")
     submit.add_argument("--requested-by", help="requestedBy for rows that do not say (audit)")
     submit.add_argument("--concurrency", type=int, default=64, help="messages in flight (default 64)")
 
     status = commands.add_parser(
-        "status", parents=[common, api], formatter_class=fmt, epilog=_epilog("status"),
+        "status",
+        parents=[common, api],
+        formatter_class=fmt,
+        epilog=_epilog("status"),
         help="current outcome of each request, summarised by status and error code",
         description="Outcome of every request of a receipt, or of the given requestIds. A request the worker "
-                    "has not picked up yet is Queued.",
-    )  # fmt: skip
+        "has not picked up yet is Queued.",
+    )
     status.add_argument("receipt", nargs="?", type=Path, help="receipt written by submit")
     status.add_argument("--request-id", action="append", default=[], metavar="ID", help="a requestId (repeatable)")
     status.add_argument("--wait", action="store_true", help="follow until every request has ended")
@@ -114,25 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, help="give up waiting after this many seconds (exit 1)")
 
     report = commands.add_parser(
-        "report", parents=[common], formatter_class=fmt, epilog=_epilog("report"),
+        "report",
+        parents=[common],
+        formatter_class=fmt,
+        epilog=_epilog("report"),
         help="export outcomes from the status table to CSV",
         description="Every request updated since TIME, as CSV with the public status fields. TIME is ISO 8601 "
-                    "(UTC unless it says otherwise) or a duration back from now: 90m, 24h, 7d.",
-    )  # fmt: skip
+        "(UTC unless it says otherwise) or a duration back from now: 90m, 24h, 7d.",
+    )
     report.add_argument("--since", required=True, metavar="TIME", help="ISO 8601 time, or 90m / 24h / 7d ago")
     report.add_argument("--until", metavar="TIME", help="end of the window (exclusive); default: now")
     report.add_argument("--output", "-o", default="-", metavar="FILE", help="CSV file (default: stdout)")
 
     poison = commands.add_parser(
-        "poison", formatter_class=fmt, epilog=_epilog("poison"),
+        "poison",
+        formatter_class=fmt,
+        epilog=_epilog("poison"),
         help="failed (poisoned) requests: list them, replay them",
         description="The admin HTTP endpoints GET /api/poison and POST /api/poison/replay, from storage or "
-                    "through the API.",
-    )  # fmt: skip
+        "through the API.",
+    )
     actions = poison.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
     for name, text in (("list", "list failed requests"), ("replay", "put failed requests back on the queue")):
-        action = actions.add_parser(name, parents=[common, api], formatter_class=fmt, help=text,
-                                    epilog=_epilog("poison"))  # fmt: skip
+        action = actions.add_parser(
+            name, parents=[common, api], formatter_class=fmt, help=text, epilog=_epilog("poison")
+        )
         action.add_argument("--request-id", action="append", default=[], metavar="ID", help="only this requestId")
         action.add_argument("--error-code", help="only failures with this error code")
         action.add_argument("--max", type=int, default=100, help="at most this many (1-1000, default 100)")
@@ -140,26 +160,36 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument("--all", action="store_true", help="replay every failed request (up to --max)")
 
     reset = commands.add_parser(
-        "reset", parents=[common], formatter_class=fmt, epilog=_epilog("reset"),
+        "reset",
+        parents=[common],
+        formatter_class=fmt,
+        epilog=_epilog("reset"),
         help="reset one guest now, in this process (needs storage and Graph rights, e.g. az login)",
         description="Run the worker's pipeline for one request in this process: the same checks, status "
-                    "record and result message as a queued request. Against Azure it signs in with "
-                    "DefaultAzureCredential (az login) and needs User.ReadWrite.All.",
-    )  # fmt: skip
+        "record and result message as a queued request. Against Azure it signs in with "
+        "DefaultAzureCredential (az login) and needs User.ReadWrite.All.",
+    )
     who = reset.add_mutually_exclusive_group(required=True)
     who.add_argument("--user-id", help="the guest's object id")
     who.add_argument("--upn", help="the guest's user principal name")
     who.add_argument("--email", help="the guest's mail or one of its otherMails")
     reset.add_argument("--new-email", help="the address the guest will redeem with")
     reset.add_argument("--dry-run", action="store_true", help="every check and Graph read, nothing sent")
-    reset.add_argument("--send-invitation-message", action=argparse.BooleanOptionalAction, default=None,
-                       help="send Microsoft's invitation email (default: SEND_INVITATION_MESSAGE)")
+    reset.add_argument(
+        "--send-invitation-message",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send Microsoft's invitation email (default: SEND_INVITATION_MESSAGE)",
+    )
     reset.add_argument("--message-language", help="language of the invitation email, e.g. en-US")
     reset.add_argument("--ticket-id", help="ticket reference (audit)")
     reset.add_argument("--requested-by", help="who asked for it (audit)")
     reset.add_argument("--request-id", help="idempotency key (default: cli-<random>)")
-    reset.add_argument("--show-redeem-url", action="store_true",
-                       help="print the redeem link when no invitation email is sent (hand it over yourself)")
+    reset.add_argument(
+        "--show-redeem-url",
+        action="store_true",
+        help="print the redeem link when no invitation email is sent (hand it over yourself)",
+    )
     return parser
 
 
@@ -227,9 +257,17 @@ async def cmd_submit(args: argparse.Namespace, out: Output) -> int:
         settings = _optional_settings() if api else get_settings()
         runtime = None if api else await get_runtime()
         with out.progress(f"sending {path.name}") as bar:
-            result = await submit_file(path, receipt_path=receipt, settings=settings, runtime=runtime, api=api,
-                                       requested_by=args.requested_by, concurrency=args.concurrency,
-                                       on_start=bar.start, on_sent=bar.advance)  # fmt: skip
+            result = await submit_file(
+                path,
+                receipt_path=receipt,
+                settings=settings,
+                runtime=runtime,
+                api=api,
+                requested_by=args.requested_by,
+                concurrency=args.concurrency,
+                on_start=bar.start,
+                on_sent=bar.advance,
+            )
     finally:
         if api is not None:
             await api.aclose()
@@ -237,20 +275,31 @@ async def cmd_submit(args: argparse.Namespace, out: Output) -> int:
     assert validation is not None
     if not validation.valid:
         problems = validation.problems
-        lines = [f"{path}: {validation.invalid_rows} of {validation.rows} rows are invalid "
-                 f"({validation.problem_count} problems); nothing was sent."]  # fmt: skip
+        lines = [
+            f"{path}: {validation.invalid_rows} of {validation.rows} rows are invalid "
+            f"({validation.problem_count} problems); nothing was sent."
+        ]
         lines += [f"  {p}" for p in problems[:SHOWN_PROBLEMS]]
         if validation.problem_count > SHOWN_PROBLEMS:
             lines.append(f"  ... and {validation.problem_count - SHOWN_PROBLEMS} more (--json lists up to 1000)")
-        document = {"file": str(path), "valid": False, "sha256": validation.sha256, "fileId": validation.file_id,
-                    "rows": validation.rows, "invalidRows": validation.invalid_rows,
-                    "problemCount": validation.problem_count, "problems": [p.to_dict() for p in problems],
-                    "sent": 0}  # fmt: skip
+        document = {
+            "file": str(path),
+            "valid": False,
+            "sha256": validation.sha256,
+            "fileId": validation.file_id,
+            "rows": validation.rows,
+            "invalidRows": validation.invalid_rows,
+            "problemCount": validation.problem_count,
+            "problems": [p.to_dict() for p in problems],
+            "sent": 0,
+        }
         out.result(document, "\n".join(lines))
         return EXIT_FAILED
     where = "through the API" if api else "to the queue"
-    text = (f"{path}: {result.rows} rows, {result.sent} sent {where} now, {result.already_sent} sent before; "
-            f"receipt {result.receipt}\nfollow them: guest-reset status {result.receipt} --wait")  # fmt: skip
+    text = (
+        f"{path}: {result.rows} rows, {result.sent} sent {where} now, {result.already_sent} sent before; "
+        f"receipt {result.receipt}\nfollow them: guest-reset status {result.receipt} --wait"
+    )
     out.result({**result.to_dict(), "valid": True}, text)
     return EXIT_OK
 
@@ -342,8 +391,12 @@ async def cmd_report(args: argparse.Namespace, out: Output) -> int:
         handle = await asyncio.to_thread(open, args.output, "w", encoding="utf-8", newline="")
         with handle:
             count = await export_report(store, handle, since=since, until=until)
-    document = {"rows": count, "output": args.output, "since": since.isoformat(),
-                "until": until.isoformat() if until else None}  # fmt: skip
+    document = {
+        "rows": count,
+        "output": args.output,
+        "since": since.isoformat(),
+        "until": until.isoformat() if until else None,
+    }
     if args.output == "-":
         out.note(f"{count} outcome(s) since {since.isoformat()}")
     else:
@@ -376,12 +429,16 @@ async def cmd_poison(args: argparse.Namespace, out: Output) -> int:
         else:
             runtime = await get_runtime()
             if replay:
-                report = await triage.replay(runtime, request_ids=args.request_id or None,
-                                             error_code=args.error_code, maximum=args.max)  # fmt: skip
+                report = await triage.replay(
+                    runtime, request_ids=args.request_id or None, error_code=args.error_code, maximum=args.max
+                )
                 body = report.to_dict()
             else:
-                body = {"items": await triage.list_failed(runtime, request_ids=args.request_id or None,
-                                                          error_code=args.error_code, limit=args.max)}  # fmt: skip
+                body = {
+                    "items": await triage.list_failed(
+                        runtime, request_ids=args.request_id or None, error_code=args.error_code, limit=args.max
+                    )
+                }
     finally:
         if api is not None:
             await api.aclose()
@@ -393,8 +450,11 @@ async def cmd_poison(args: argparse.Namespace, out: Output) -> int:
         return EXIT_FAILED if body.get("skipped") else EXIT_OK
     items = body.get("items", [])
     lines = [f"{len(items)} failed request(s)"]
-    lines += [f"  {i['requestId']}  {i.get('errorCode')}: {i.get('errorMessage')}"
-              f"{'' if i.get('replayable') else '  (not replayable)'}" for i in items]  # fmt: skip
+    lines += [
+        f"  {i['requestId']}  {i.get('errorCode')}: {i.get('errorMessage')}"
+        f"{'' if i.get('replayable') else '  (not replayable)'}"
+        for i in items
+    ]
     out.result(body, "\n".join(lines))
     return EXIT_OK
 
@@ -404,11 +464,17 @@ async def cmd_reset(args: argparse.Namespace, out: Output) -> int:
     from shared.reset.worker import handle_request_message
 
     fields = {
-        "userId": args.user_id, "userPrincipalName": args.upn, "email": args.email, "newEmail": args.new_email,
-        "sendInvitationMessage": args.send_invitation_message, "messageLanguage": args.message_language,
-        "ticketId": args.ticket_id, "requestedBy": args.requested_by, "dryRun": args.dry_run or None,
+        "userId": args.user_id,
+        "userPrincipalName": args.upn,
+        "email": args.email,
+        "newEmail": args.new_email,
+        "sendInvitationMessage": args.send_invitation_message,
+        "messageLanguage": args.message_language,
+        "ticketId": args.ticket_id,
+        "requestedBy": args.requested_by,
+        "dryRun": args.dry_run or None,
         "source": "cli",
-    }  # fmt: skip
+    }
     request_id = args.request_id or f"cli-{uuid.uuid4().hex}"
     try:
         request = validate_request({k: v for k, v in fields.items() if v is not None} | {"requestId": request_id})
@@ -416,8 +482,9 @@ async def cmd_reset(args: argparse.Namespace, out: Output) -> int:
         return out.error(error.code, error.message, EXIT_FAILED, problems=error.problems)
     runtime = await get_runtime()
     # A one-off run has no redelivery: this delivery is the last, so a failure is final (poisoned).
-    await handle_request_message(canonical_json(request).encode("utf-8"), message_id=request_id,
-                                 dequeue_count=runtime.settings.max_dequeue_count)  # fmt: skip
+    await handle_request_message(
+        canonical_json(request).encode("utf-8"), message_id=request_id, dequeue_count=runtime.settings.max_dequeue_count
+    )
     record = await runtime.status.get(request_id)
     if record is None:
         return out.error("NoRecord", f"request {request_id} left no status record", EXIT_FAILED)
@@ -433,8 +500,10 @@ async def cmd_reset(args: argparse.Namespace, out: Output) -> int:
         out.result(body, f"{status}: {request_id}  user {body.get('userId')} passed every check; nothing was sent")
         return EXIT_OK
     if status == str(Status.SUCCEEDED):
-        text = (f"{status}: {request_id}  user {body.get('userId')}  invitation {body.get('invitationId')}  "
-                f"read back as PendingAcceptance: {'yes' if body.get('verified') else 'no'}")  # fmt: skip
+        text = (
+            f"{status}: {request_id}  user {body.get('userId')}  invitation {body.get('invitationId')}  "
+            f"read back as PendingAcceptance: {'yes' if body.get('verified') else 'no'}"
+        )
         if body.get("redeemUrl"):
             text += f"\nredeem URL (hand it to the guest): {body['redeemUrl']}"
         out.result(body, text)
@@ -444,8 +513,12 @@ async def cmd_reset(args: argparse.Namespace, out: Output) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], Awaitable[int]]] = {
-    "submit": cmd_submit, "status": cmd_status, "report": cmd_report, "poison": cmd_poison, "reset": cmd_reset,
-}  # fmt: skip
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "report": cmd_report,
+    "poison": cmd_poison,
+    "reset": cmd_reset,
+}
 
 
 async def run(argv: Sequence[str] | None = None, *, stdout: Any = None, stderr: Any = None) -> int:
@@ -475,9 +548,11 @@ async def run(argv: Sequence[str] | None = None, *, stdout: Any = None, stderr: 
         exit_code = EXIT_FAILED if error.permanent else EXIT_UNREACHABLE
         return out.error(error.code, error.message, exit_code)
     except AzureError as error:  # a client that could not reach storage at all (e.g. creating the table)
-        return out.error("StorageUnavailable", f"storage is unreachable: {type(error).__name__}: "
-                                               f"{str(error).splitlines()[0] if str(error) else ''}",
-                         EXIT_UNREACHABLE)  # fmt: skip
+        return out.error(
+            "StorageUnavailable",
+            f"storage is unreachable: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+            EXIT_UNREACHABLE,
+        )
     except OSError as error:
         return out.error("FileError", str(error), EXIT_USAGE)
     finally:

@@ -29,9 +29,13 @@ class ProgressBar:
         except ImportError:
             return
         self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=Console(file=stream), transient=False,
-        )  # fmt: skip
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=stream),
+            transient=False,
+        )
 
     def __enter__(self) -> ProgressBar:
         if self._bar is not None:
@@ -61,8 +65,9 @@ class ProgressBar:
 class Output:
     """Where results and errors go; in JSON mode stdout carries exactly one JSON document."""
 
-    def __init__(self, *, as_json: bool, progress: bool, stdout: TextIO | None = None,
-                 stderr: TextIO | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, *, as_json: bool, progress: bool, stdout: TextIO | None = None, stderr: TextIO | None = None
+    ) -> None:
         self.as_json = as_json
         self.show_progress = progress
         self.stdout = stdout or sys.stdout

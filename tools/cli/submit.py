@@ -59,9 +59,17 @@ class SubmitResult:
         return self.sha256[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "sha256": self.sha256, "fileId": self.file_id, "rows": self.rows, "via": self.via,
-                "state": self.state, "sent": self.sent, "alreadySent": self.already_sent,
-                "receipt": self.receipt}  # fmt: skip
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "fileId": self.file_id,
+            "rows": self.rows,
+            "via": self.via,
+            "state": self.state,
+            "sent": self.sent,
+            "alreadySent": self.already_sent,
+            "receipt": self.receipt,
+        }
 
 
 def _read(path: Path) -> Iterator[bytes]:
@@ -75,8 +83,9 @@ async def _read_async(path: Path) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def validate_file(path: Path, *, settings: Settings | None, source: str | None = None,
-                  requested_by: str | None = None) -> ValidationSummary:  # fmt: skip
+def validate_file(
+    path: Path, *, settings: Settings | None, source: str | None = None, requested_by: str | None = None
+) -> ValidationSummary:
     """Stream the whole file through the reader; only the problems are kept."""
     return validate_chunks(lambda: _read(path), settings=settings, source=source, requested_by=requested_by)
 
@@ -137,8 +146,7 @@ async def submit_file(
     """
     source = default_source(path)
     before = await asyncio.to_thread(path.stat)
-    summary = await asyncio.to_thread(validate_file, path, settings=settings, source=source,
-                                      requested_by=requested_by)  # fmt: skip
+    summary = await asyncio.to_thread(validate_file, path, settings=settings, source=source, requested_by=requested_by)
     via = "api" if api is not None else "queue"
     result = SubmitResult(str(path), summary.sha256, summary.rows, via, "Invalid", validation=summary)
     if not summary.valid:
@@ -151,28 +159,46 @@ async def submit_file(
     started = utcnow()
     try:
         if api is not None:
-            await _send_through_api(path, summary, api, settings, source, requested_by, receipt, result,
-                                    on_start, on_sent)  # fmt: skip
+            await _send_through_api(
+                path, summary, api, settings, source, requested_by, receipt, result, on_start, on_sent
+            )
         else:
             assert runtime is not None, "submit needs a runtime (queue) or an API client"
-            await _send_to_queue(path, summary, runtime, settings, source, requested_by, receipt, result,
-                                 concurrency, on_start, on_sent)  # fmt: skip
+            await _send_to_queue(
+                path, summary, runtime, settings, source, requested_by, receipt, result, concurrency, on_start, on_sent
+            )
     finally:
         result.receipt = str(receipt_path)
         receipt.finish({**result.to_dict(), "submittedAt": started.isoformat(), "finishedAt": utcnow().isoformat()})
     return result
 
 
-async def _send_to_queue(path: Path, summary: ValidationSummary, runtime: Runtime, settings: Settings | None,
-                         source: str, requested_by: str | None, receipt: _Receipt, result: SubmitResult,
-                         concurrency: int, on_start: Callable[[int, int], None] | None,
-                         on_sent: Callable[[int], None] | None) -> None:  # fmt: skip
+async def _send_to_queue(
+    path: Path,
+    summary: ValidationSummary,
+    runtime: Runtime,
+    settings: Settings | None,
+    source: str,
+    requested_by: str | None,
+    receipt: _Receipt,
+    result: SubmitResult,
+    concurrency: int,
+    on_start: Callable[[int, int], None] | None,
+    on_sent: Callable[[int], None] | None,
+) -> None:
     progress = await start_progress(runtime.status, sha256=summary.sha256, file_name=path.name, rows=summary.rows)
     start_row = progress.rows_sent + 1
     result.already_sent = progress.rows_sent if not progress.done else summary.rows
     result.state = str(progress.state)
-    rows = rows_to_send(_read_async(path), sha256=summary.sha256, settings=settings, start_row=start_row,
-                        source=source, requested_by=requested_by, on_row=receipt.add)  # fmt: skip
+    rows = rows_to_send(
+        _read_async(path),
+        sha256=summary.sha256,
+        settings=settings,
+        start_row=start_row,
+        source=source,
+        requested_by=requested_by,
+        on_row=receipt.add,
+    )
     if progress.done:
         async for _ in rows:  # the receipt still lists every row
             pass
@@ -188,16 +214,30 @@ async def _send_to_queue(path: Path, summary: ValidationSummary, runtime: Runtim
         if on_sent is not None:
             on_sent(count)
 
-    outcome = await enqueue(rows, progress=progress, store=runtime.status, send=runtime.publisher.send_request,
-                            concurrency=concurrency, on_sent=sent)  # fmt: skip
+    outcome = await enqueue(
+        rows,
+        progress=progress,
+        store=runtime.status,
+        send=runtime.publisher.send_request,
+        concurrency=concurrency,
+        on_sent=sent,
+    )
     result.already_sent += outcome.claimed
     result.state = str(outcome.progress.state)
 
 
-async def _send_through_api(path: Path, summary: ValidationSummary, api: ApiClient, settings: Settings | None,
-                            source: str, requested_by: str | None, receipt: _Receipt, result: SubmitResult,
-                            on_start: Callable[[int, int], None] | None,
-                            on_sent: Callable[[int], None] | None) -> None:  # fmt: skip
+async def _send_through_api(
+    path: Path,
+    summary: ValidationSummary,
+    api: ApiClient,
+    settings: Settings | None,
+    source: str,
+    requested_by: str | None,
+    receipt: _Receipt,
+    result: SubmitResult,
+    on_start: Callable[[int, int], None] | None,
+    on_sent: Callable[[int], None] | None,
+) -> None:
     result.state = str(FileState.ENQUEUING)
     if on_start is not None:
         on_start(summary.rows, summary.rows)
@@ -218,8 +258,14 @@ async def _send_through_api(path: Path, summary: ValidationSummary, api: ApiClie
     size = 0
     try:
         async with asyncio.TaskGroup() as group:
-            rows = rows_to_send(_read_async(path), sha256=summary.sha256, settings=settings, source=source,
-                                requested_by=requested_by, on_row=receipt.add)  # fmt: skip
+            rows = rows_to_send(
+                _read_async(path),
+                sha256=summary.sha256,
+                settings=settings,
+                source=source,
+                requested_by=requested_by,
+                on_row=receipt.add,
+            )
             async for _row, body in rows:
                 if batch and (len(batch) >= API_BATCH_ROWS or size + len(body) > API_BATCH_BYTES):
                     await gate.acquire()

@@ -225,12 +225,19 @@ async def invoke(spec: FunctionSpec, trigger_value: Any, *, send: OutputSender, 
         elapsed = (time.monotonic() - started) * 1000
         log.error(
             "Executed 'Functions.%s' (Failed, Id=%s, Duration=%.0fms)%s",
-            spec.name, invocation_id, elapsed, detail, exc_info=exc,
-        )  # fmt: skip
+            spec.name,
+            invocation_id,
+            elapsed,
+            detail,
+            exc_info=exc,
+        )
         return Invocation(ok=False, error=exc, invocation_id=invocation_id)
     elapsed = (time.monotonic() - started) * 1000
     log.info(
         "Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%.0fms)%s",
-        spec.name, invocation_id, elapsed, detail,
-    )  # fmt: skip
+        spec.name,
+        invocation_id,
+        elapsed,
+        detail,
+    )
     return Invocation(ok=True, value=result, invocation_id=invocation_id)

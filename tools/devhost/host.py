@@ -93,8 +93,12 @@ class DevHost:
         except BaseException:
             await self._close()
             raise
-        log.info("devhost serving %d functions at %s (%s)",
-                 len(self._functions), self.base_url, ", ".join(sorted(self._functions)))  # fmt: skip
+        log.info(
+            "devhost serving %d functions at %s (%s)",
+            len(self._functions),
+            self.base_url,
+            ", ".join(sorted(self._functions)),
+        )
         if self.ready_file is not None:
             # Write then rename, so a watcher never reads half a URL.
             partial = self.ready_file.with_name(self.ready_file.name + ".tmp")
@@ -132,8 +136,9 @@ class DevHost:
             for task in late:
                 task.cancel()
             if late:
-                log.warning("devhost: %d invocations still running after %.0f s were cancelled",
-                            len(late), self.grace_seconds)  # fmt: skip
+                log.warning(
+                    "devhost: %d invocations still running after %.0f s were cancelled", len(late), self.grace_seconds
+                )
                 await asyncio.wait(late, timeout=5)
         await self._close()
         log.info("devhost stopped")

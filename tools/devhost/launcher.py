@@ -52,12 +52,18 @@ def running_devhost(
     workdir = Path(tempfile.mkdtemp(prefix="devhost-"))
     ready, log_path = workdir / "ready", workdir / "devhost.log"
     cmd = [
-        sys.executable, "-m", "tools.devhost",
-        "--app-dir", str(Path(app_dir).resolve()),
-        "--port", str(port),
-        "--max-polling-interval", str(max_polling_interval),
-        "--ready-file", str(ready),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "tools.devhost",
+        "--app-dir",
+        str(Path(app_dir).resolve()),
+        "--port",
+        str(port),
+        "--max-polling-interval",
+        str(max_polling_interval),
+        "--ready-file",
+        str(ready),
+    ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     handle = DevHostProcess(base_url="", pid=proc.pid, log_path=log_path)

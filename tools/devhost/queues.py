@@ -49,9 +49,15 @@ def decode_body(content: str | None, encoding: str) -> bytes:
 
 
 def worker_message(
-    body: bytes, *, id: str | None = None, dequeue_count: int = 1, pop_receipt: str | None = None,
-    inserted: datetime | None = None, expires: datetime | None = None, next_visible: datetime | None = None,
-) -> WorkerQueueMessage:  # fmt: skip
+    body: bytes,
+    *,
+    id: str | None = None,
+    dequeue_count: int = 1,
+    pop_receipt: str | None = None,
+    inserted: datetime | None = None,
+    expires: datetime | None = None,
+    next_visible: datetime | None = None,
+) -> WorkerQueueMessage:
     """The azure.functions.queue.QueueMessage the worker builds (it carries dequeue_count)."""
     now = datetime.now(UTC)
     return WorkerQueueMessage(  # type: ignore[no-untyped-call]
@@ -154,8 +160,9 @@ class QueueListener:
         detail = f" queue={self.queue.queue_name} id={message.id} dequeue_count={count}"
         try:
             if count > self.options.max_dequeue_count:
-                log.warning("message%s is past maxDequeueCount=%d; not invoking",
-                            detail, self.options.max_dequeue_count)  # fmt: skip
+                log.warning(
+                    "message%s is past maxDequeueCount=%d; not invoking", detail, self.options.max_dequeue_count
+                )
                 await self._to_poison(message, lease)
                 return
             try:
@@ -165,9 +172,14 @@ class QueueListener:
                 await self._to_poison(message, lease)
                 return
             trigger = worker_message(
-                body, id=message.id, dequeue_count=count, pop_receipt=message.pop_receipt,
-                inserted=message.inserted_on, expires=message.expires_on, next_visible=message.next_visible_on,
-            )  # fmt: skip
+                body,
+                id=message.id,
+                dequeue_count=count,
+                pop_receipt=message.pop_receipt,
+                inserted=message.inserted_on,
+                expires=message.expires_on,
+                next_visible=message.next_visible_on,
+            )
             renewer = asyncio.create_task(self._renew(lease))
             try:
                 result = await self._invoke(self.spec, trigger, detail)
@@ -207,15 +219,20 @@ class QueueListener:
     async def _to_poison(self, message: StorageMessage, lease: _Lease) -> None:
         """Copy the message text as received (same encoding) to the poison queue, then delete it."""
         if self.poison is None:
-            log.warning("queue '%s' has no poison queue; message id=%s left in place",
-                        self.queue.queue_name, message.id)  # fmt: skip
+            log.warning(
+                "queue '%s' has no poison queue; message id=%s left in place", self.queue.queue_name, message.id
+            )
             return
         if not self._poison_ready:
             await ensure_queue(self.poison)
             self._poison_ready = True
         await self.poison.send_message(message.content or "")
-        log.warning("moved message id=%s to queue '%s' (maxDequeueCount=%d)",
-                    message.id, self.poison.queue_name, self.options.max_dequeue_count)  # fmt: skip
+        log.warning(
+            "moved message id=%s to queue '%s' (maxDequeueCount=%d)",
+            message.id,
+            self.poison.queue_name,
+            self.options.max_dequeue_count,
+        )
         await self._settle("delete", self.queue.delete_message(lease.id, lease.pop_receipt))
         self._notify(self.poison.queue_name)
 

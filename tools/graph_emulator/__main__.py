@@ -21,18 +21,25 @@ from .app import DEFAULT_USERS_PATH, create_app
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.graph_emulator",
-        description="Microsoft Graph emulator for local runs and tests.")
+        prog="python -m tools.graph_emulator", description="Microsoft Graph emulator for local runs and tests."
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one")
-    parser.add_argument("--users", type=Path, default=DEFAULT_USERS_PATH,
-                        help="fixture JSON ({\"users\": [...]}); reloaded by /_emulator/reset")
-    parser.add_argument("--ready-file", type=Path, default=None,
-                        help="write the base URL here once the socket is listening")
-    parser.add_argument("--journal-limit", type=int, default=200_000,
-                        help="keep at most this many journal entries (oldest dropped)")
-    parser.add_argument("--access-log", action="store_true",
-                        help="log every request (off by default: it slows benchmarks)")
+    parser.add_argument(
+        "--users",
+        type=Path,
+        default=DEFAULT_USERS_PATH,
+        help='fixture JSON ({"users": [...]}); reloaded by /_emulator/reset',
+    )
+    parser.add_argument(
+        "--ready-file", type=Path, default=None, help="write the base URL here once the socket is listening"
+    )
+    parser.add_argument(
+        "--journal-limit", type=int, default=200_000, help="keep at most this many journal entries (oldest dropped)"
+    )
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every request (off by default: it slows benchmarks)"
+    )
     return parser.parse_args(argv)
 
 
@@ -46,8 +53,7 @@ def _write_ready_file(path: Path, base_url: str) -> None:
 async def serve(args: argparse.Namespace) -> None:
     """Run until SIGINT/SIGTERM, then close the listener cleanly."""
     app = create_app(args.users, journal_limit=args.journal_limit)
-    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access")
-                           if args.access_log else None)
+    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if args.access_log else None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()

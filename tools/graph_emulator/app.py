@@ -26,10 +26,21 @@ from .state import Directory, GraphError, JsonDict, load_users, validate_user
 
 DEFAULT_USERS_PATH = Path(__file__).with_name("users.json")
 _SLASHES = re.compile(r"/{2,}")
-_AGS_DIAGNOSTIC = json.dumps({"ServerInfo": {"DataCenter": "Emulator", "Slice": "E", "Ring": "0",
-                                             "ScaleUnit": "000", "RoleInstance": "graph-emulator"}})
-_WWW_AUTHENTICATE = ('Bearer realm="", authorization_uri="https://login.microsoftonline.com/'
-                     'common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"')
+_AGS_DIAGNOSTIC = json.dumps(
+    {
+        "ServerInfo": {
+            "DataCenter": "Emulator",
+            "Slice": "E",
+            "Ring": "0",
+            "ScaleUnit": "000",
+            "RoleInstance": "graph-emulator",
+        }
+    }
+)
+_WWW_AUTHENTICATE = (
+    'Bearer realm="", authorization_uri="https://login.microsoftonline.com/'
+    'common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"'
+)
 _PAGE_SIZE = 100
 
 
@@ -71,8 +82,12 @@ class _Reply:
         self.client_request_id = client_request_id or str(uuid.uuid4())
 
     def headers(self) -> dict[str, str]:
-        return {"request-id": self.request_id, "client-request-id": self.client_request_id,
-                "x-ms-ags-diagnostic": _AGS_DIAGNOSTIC, "Cache-Control": "no-cache"}
+        return {
+            "request-id": self.request_id,
+            "client-request-id": self.client_request_id,
+            "x-ms-ags-diagnostic": _AGS_DIAGNOSTIC,
+            "Cache-Control": "no-cache",
+        }
 
     def json(self, status: int, payload: Any, extra: dict[str, str] | None = None) -> web.Response:
         headers = self.headers()
@@ -81,14 +96,22 @@ class _Reply:
             headers.update(extra)
         return web.Response(status=status, body=json.dumps(payload).encode(), headers=headers)
 
-    def error(self, status: int, code: str, message: str, *,
-              details: list[JsonDict] | None = None,
-              extra: dict[str, str] | None = None) -> web.Response:
+    def error(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: list[JsonDict] | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> web.Response:
         # Graph's innerError date has no zone suffix.
         date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        error: JsonDict = {"code": code, "message": message,
-                           "innerError": {"date": date, "request-id": self.request_id,
-                                          "client-request-id": self.client_request_id}}
+        error: JsonDict = {
+            "code": code,
+            "message": message,
+            "innerError": {"date": date, "request-id": self.request_id, "client-request-id": self.client_request_id},
+        }
         if details:
             error["details"] = details
         return self.json(status, {"error": error}, extra)
@@ -107,8 +130,7 @@ def _fault_response(reply: _Reply, fault: Fault) -> web.Response:
     if fault.retry_after is not None:
         extra["Retry-After"] = fault.retry_after
     status = fault.status or 500
-    return reply.error(status, fault.code or "UnknownError", fault.message or "Injected fault.",
-                       extra=extra)
+    return reply.error(status, fault.code or "UnknownError", fault.message or "Injected fault.", extra=extra)
 
 
 def _drop(request: web.Request) -> web.Response:
@@ -156,20 +178,27 @@ async def graph_handler(request: web.Request) -> web.StreamResponse:
                 body_invalid = True
     state.seq += 1
     entry: JsonDict = {
-        "seq": state.seq, "ts": arrived, "method": request.method,
-        "path": graph_path if graph_path is not None else path, "rawPath": request.path,
-        "query": dict(request.query), "status": None, "requestId": reply.request_id,
+        "seq": state.seq,
+        "ts": arrived,
+        "method": request.method,
+        "path": graph_path if graph_path is not None else path,
+        "rawPath": request.path,
+        "query": dict(request.query),
+        "status": None,
+        "requestId": reply.request_id,
         "clientRequestId": reply.client_request_id,
         "authorization": headers.get("Authorization"),
-        "consistencyLevel": headers.get("ConsistencyLevel"), "body": body,
-        "fault": None, "throttled": False, "processed": False,
+        "consistencyLevel": headers.get("ConsistencyLevel"),
+        "body": body,
+        "fault": None,
+        "throttled": False,
+        "processed": False,
     }
     state.journal.append(entry)
     if state.latency_ms:
         await asyncio.sleep(state.latency_ms / 1000)
 
-    call = _Call(request, reply, entry, request.method, graph_path, entry["query"], body,
-                 body_invalid)
+    call = _Call(request, reply, entry, request.method, graph_path, entry["query"], body, body_invalid)
     response = await _guarded(state, call)
     if response is None:
         return _drop(request)
@@ -183,8 +212,9 @@ async def _guarded(state: EmulatorState, call: _Call) -> web.Response | None:
     authorization = call.entry["authorization"] or ""
     token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
     if not token:
-        return call.reply.error(401, "InvalidAuthenticationToken", "Access token is empty.",
-                                extra={"WWW-Authenticate": _WWW_AUTHENTICATE})
+        return call.reply.error(
+            401, "InvalidAuthenticationToken", "Access token is empty.", extra={"WWW-Authenticate": _WWW_AUTHENTICATE}
+        )
 
     fault: Fault | None = None
     rule = state.rules.take(call.method, call.entry["path"])
@@ -211,9 +241,13 @@ async def _guarded(state: EmulatorState, call: _Call) -> web.Response | None:
 
 def _operate(state: EmulatorState, call: _Call) -> web.Response:
     if call.body_invalid:
-        return call.reply.error(400, "BadRequest", "Unable to read JSON request payload. "
-                                                   "Please ensure Content-Type header is set "
-                                                   "and payload is of valid JSON format.")
+        return call.reply.error(
+            400,
+            "BadRequest",
+            "Unable to read JSON request payload. "
+            "Please ensure Content-Type header is set "
+            "and payload is of valid JSON format.",
+        )
     try:
         return _dispatch(state.directory, call)
     except GraphError as exc:
@@ -225,30 +259,36 @@ def _not_found_segment(segment: str) -> GraphError:
 
 
 def _not_implemented(call: _Call) -> GraphError:
-    return GraphError(405, "Request_BadRequest",
-                      f"The Graph emulator does not implement {call.method} {call.graph_path}.")
+    return GraphError(
+        405, "Request_BadRequest", f"The Graph emulator does not implement {call.method} {call.graph_path}."
+    )
 
 
 def _dispatch(directory: Directory, call: _Call) -> web.Response:
     """Route a Graph path (already without ``/v1.0``) to the directory operation."""
     if call.graph_path is None:
         version = call.request.path.strip("/").split("/")[0]
-        raise GraphError(400, "BadRequest", f"Invalid version: {version}. "
-                                            "The Graph emulator serves only /v1.0.")
+        raise GraphError(400, "BadRequest", f"Invalid version: {version}. The Graph emulator serves only /v1.0.")
     segments = [s for s in call.graph_path.split("/") if s]
     lowered = [s.lower() for s in segments]
     method, reply, base = call.method, call.reply, call.base
     select = _query_value(call.query, "select")
     if not segments:
-        return reply.json(200, {"@odata.context": f"{base}/$metadata", "value": [
-            {"name": "users", "kind": "EntitySet", "url": "users"},
-            {"name": "invitations", "kind": "EntitySet", "url": "invitations"}]})
+        return reply.json(
+            200,
+            {
+                "@odata.context": f"{base}/$metadata",
+                "value": [
+                    {"name": "users", "kind": "EntitySet", "url": "users"},
+                    {"name": "invitations", "kind": "EntitySet", "url": "invitations"},
+                ],
+            },
+        )
     if lowered == ["invitations"]:
         if method != "POST":
             raise _not_implemented(call)
         invitation = directory.reset_invitation(call.body)
-        return reply.json(201, {"@odata.context": f"{base}/$metadata#invitations/$entity",
-                                **invitation})
+        return reply.json(201, {"@odata.context": f"{base}/$metadata#invitations/$entity", **invitation})
     if lowered[0] != "users":
         raise _not_found_segment(segments[1] if lowered[0] == "invitations" else segments[0])
     if len(segments) == 1:
@@ -285,12 +325,15 @@ def _list_users(directory: Directory, call: _Call) -> web.Response:
     page_size = _PAGE_SIZE
     if top_text is not None:
         if not top_text.isdigit() or not 1 <= int(top_text) <= 999:
-            raise GraphError(400, "Request_BadRequest",
-                             f"Invalid page size specified: '{top_text}'. Must be between 1 "
-                             "and 999 inclusive.")
+            raise GraphError(
+                400,
+                "Request_BadRequest",
+                f"Invalid page size specified: '{top_text}'. Must be between 1 and 999 inclusive.",
+            )
         page_size = int(top_text)
-    users = directory.list_users(filter_text=_query_value(query, "filter"), select=select,
-                                 eventual=eventual, count=count)
+    users = directory.list_users(
+        filter_text=_query_value(query, "filter"), select=select, eventual=eventual, count=count
+    )
     # The skip token is the emulator's own format (an offset); Graph's is opaque.
     skip_text = query.get("$skiptoken") or "0"
     offset = int(skip_text) if skip_text.isdigit() else 0
@@ -301,7 +344,7 @@ def _list_users(directory: Directory, call: _Call) -> web.Response:
     if offset + page_size < len(users):
         next_query = {**query, "$skiptoken": str(offset + page_size)}
         payload["@odata.nextLink"] = f"{call.base}/users?{urlencode(next_query)}"
-    payload["value"] = users[offset:offset + page_size]
+    payload["value"] = users[offset : offset + page_size]
     return call.reply.json(200, payload)
 
 
@@ -368,9 +411,11 @@ def _get_journal(state: EmulatorState, _body: Any, request: web.Request) -> list
     method = (request.query.get("method") or "").upper()
     contains = request.query.get("pathContains")
     since = int(request.query.get("since") or 0)
-    return [e for e in state.journal
-            if (not method or e["method"] == method)
-            and (contains is None or contains in e["path"]) and e["seq"] > since]
+    return [
+        e
+        for e in state.journal
+        if (not method or e["method"] == method) and (contains is None or contains in e["path"]) and e["seq"] > since
+    ]
 
 
 def _clear_journal(state: EmulatorState, _body: Any, _: web.Request) -> JsonDict:
@@ -385,7 +430,7 @@ def _list_all_users(state: EmulatorState, _body: Any, _: web.Request) -> list[Js
 def _replace_users(state: EmulatorState, body: Any, _: web.Request) -> JsonDict:
     users = body.get("users") if isinstance(body, dict) else body
     if not isinstance(users, list):
-        raise ValueError("send a list of users or {\"users\": [...]}")
+        raise ValueError('send a list of users or {"users": [...]}')
     validated = [validate_user(u) for u in users]  # all or nothing
     state.directory.replace_all(validated)
     return {"count": len(validated)}
@@ -438,8 +483,7 @@ def _add_control_routes(app: web.Application) -> None:
     r.add_delete("/_emulator/users/{user_id}", _control(_delete_user))
 
 
-def create_app(users_path: Path | None = DEFAULT_USERS_PATH, *,
-               journal_limit: int = 200_000) -> web.Application:
+def create_app(users_path: Path | None = DEFAULT_USERS_PATH, *, journal_limit: int = 200_000) -> web.Application:
     """Build the emulator application (fixture loaded, all faults off)."""
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[STATE_KEY] = EmulatorState(users_path, journal_limit)

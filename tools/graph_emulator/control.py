@@ -36,16 +36,15 @@ class EmulatorControl:
     def __enter__(self) -> EmulatorControl:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, json: Any = None,
-              params: dict[str, str] | None = None) -> Any:
+    def _call(self, method: str, path: str, json: Any = None, params: dict[str, str] | None = None) -> Any:
         response = self._http.request(method, path, json=json, params=params)
         if response.status_code >= 400:
-            raise EmulatorControlError(
-                f"{method} /_emulator{path} -> {response.status_code}: {response.text}")
+            raise EmulatorControlError(f"{method} /_emulator{path} -> {response.status_code}: {response.text}")
         return response.json()
 
     # state -------------------------------------------------------------------------------
@@ -73,30 +72,71 @@ class EmulatorControl:
 
     # injected behaviour -------------------------------------------------------------------
 
-    def add_fault(self, *, method: str | None, path: str, status: int | None,
-                  times: int | None = 1, retry_after: str | float | None = None,
-                  code: str | None = None, message: str | None = None, latency_ms: float = 0,
-                  drop: bool = False, after_processing: bool = False) -> JsonDict:
+    def add_fault(
+        self,
+        *,
+        method: str | None,
+        path: str,
+        status: int | None,
+        times: int | None = 1,
+        retry_after: str | float | None = None,
+        code: str | None = None,
+        message: str | None = None,
+        latency_ms: float = 0,
+        drop: bool = False,
+        after_processing: bool = False,
+    ) -> JsonDict:
         """Add a rule; ``path`` is a regex searched in the path after ``/v1.0``."""
-        return cast(JsonDict, self._call("POST", "/faults", json={
-            "method": method, "path": path, "status": status, "times": times,
-            "retryAfter": None if retry_after is None else str(retry_after),
-            "code": code, "message": message, "latencyMs": latency_ms, "drop": drop,
-            "afterProcessing": after_processing,
-        }))
+        return cast(
+            JsonDict,
+            self._call(
+                "POST",
+                "/faults",
+                json={
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "times": times,
+                    "retryAfter": None if retry_after is None else str(retry_after),
+                    "code": code,
+                    "message": message,
+                    "latencyMs": latency_ms,
+                    "drop": drop,
+                    "afterProcessing": after_processing,
+                },
+            ),
+        )
 
     def clear_faults(self) -> None:
         """Remove every fault rule (chaos and write budget are separate)."""
         self._call("DELETE", "/faults")
 
-    def set_chaos(self, *, p429: float = 0.0, p503: float = 0.0, p504: float = 0.0,
-                  p_drop: float = 0.0, retry_after: str | float | None = None,
-                  seed: int | None = None) -> JsonDict:
+    def set_chaos(
+        self,
+        *,
+        p429: float = 0.0,
+        p503: float = 0.0,
+        p504: float = 0.0,
+        p_drop: float = 0.0,
+        retry_after: str | float | None = None,
+        seed: int | None = None,
+    ) -> JsonDict:
         """Random faults on Graph routes; all probabilities zero switches chaos off."""
-        return cast(JsonDict, self._call("POST", "/chaos", json={
-            "p429": p429, "p503": p503, "p504": p504, "pDrop": p_drop,
-            "retryAfter": None if retry_after is None else str(retry_after), "seed": seed,
-        }))
+        return cast(
+            JsonDict,
+            self._call(
+                "POST",
+                "/chaos",
+                json={
+                    "p429": p429,
+                    "p503": p503,
+                    "p504": p504,
+                    "pDrop": p_drop,
+                    "retryAfter": None if retry_after is None else str(retry_after),
+                    "seed": seed,
+                },
+            ),
+        )
 
     def set_latency(self, ms: float) -> None:
         """Delay every Graph request by ``ms`` milliseconds (0 = off)."""
@@ -107,21 +147,36 @@ class EmulatorControl:
         (by id or UPN) return it as it was before the invitation."""
         self._call("POST", "/stale-reads", json={"count": count})
 
-    def set_write_budget(self, per_second: float | None, burst: float | None = None,
-                         retry_after: str | float | None = None) -> None:
+    def set_write_budget(
+        self, per_second: float | None, burst: float | None = None, retry_after: str | float | None = None
+    ) -> None:
         """Token bucket over Graph writes; ``per_second=None`` switches it off."""
-        body = None if per_second is None else {
-            "perSecond": per_second, "burst": burst,
-            "retryAfter": None if retry_after is None else str(retry_after)}
+        body = (
+            None
+            if per_second is None
+            else {
+                "perSecond": per_second,
+                "burst": burst,
+                "retryAfter": None if retry_after is None else str(retry_after),
+            }
+        )
         self._call("POST", "/write-budget", json=body)
 
     # journal -----------------------------------------------------------------------------
 
-    def journal(self, method: str | None = None, path_contains: str | None = None,
-                since: int | None = None) -> list[JsonDict]:
+    def journal(
+        self, method: str | None = None, path_contains: str | None = None, since: int | None = None
+    ) -> list[JsonDict]:
         """Recorded Graph requests, oldest first; ``since`` keeps entries with a larger seq."""
-        params = {k: v for k, v in (("method", method), ("pathContains", path_contains),
-                                    ("since", None if since is None else str(since))) if v}
+        params = {
+            k: v
+            for k, v in (
+                ("method", method),
+                ("pathContains", path_contains),
+                ("since", None if since is None else str(since)),
+            )
+            if v
+        }
         return cast(list[JsonDict], self._call("GET", "/journal", params=params))
 
     def clear_journal(self) -> None:
@@ -135,5 +190,8 @@ class EmulatorControl:
         504 or a dropped connection, but the invitation exists) — the case that causes
         duplicate invitation emails.
         """
-        return [e for e in self.journal(method="POST", path_contains="/invitations")
-                if e["path"] == "/invitations" and e["processed"]]
+        return [
+            e
+            for e in self.journal(method="POST", path_contains="/invitations")
+            if e["path"] == "/invitations" and e["processed"]
+        ]

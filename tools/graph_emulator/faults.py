@@ -20,8 +20,10 @@ DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "Bad request (injected by the Graph emulator)."),
     401: ("InvalidAuthenticationToken", "Access token has expired or is not yet valid."),
     403: ("Forbidden", "Generic authorization exception."),
-    404: ("Request_ResourceNotFound", "Resource does not exist or one of its queried "
-                                      "reference-property objects are not present."),
+    404: (
+        "Request_ResourceNotFound",
+        "Resource does not exist or one of its queried reference-property objects are not present.",
+    ),
     409: ("Directory_ConcurrencyViolation", "Another operation on this object is in progress."),
     429: ("TooManyRequests", "Please retry again later."),
     500: ("InternalServerError", "An internal server error occurred."),
@@ -61,9 +63,14 @@ class Fault:
 
     def describe(self) -> JsonDict:
         """A JSON-friendly summary for the journal."""
-        return {"source": self.source, "status": self.status, "code": self.code,
-                "retryAfter": self.retry_after, "drop": self.drop,
-                "afterProcessing": self.after_processing}
+        return {
+            "source": self.source,
+            "status": self.status,
+            "code": self.code,
+            "retryAfter": self.retry_after,
+            "drop": self.drop,
+            "afterProcessing": self.after_processing,
+        }
 
 
 def _opt_str(value: Any, name: str) -> str | None:
@@ -115,11 +122,14 @@ class FaultRule:
             raise ValueError("latencyMs must be a non-negative number")
         rule = cls(
             method=None if method in (None, "*") else method.upper(),
-            path=path, status=status, times=times,
+            path=path,
+            status=status,
+            times=times,
             retry_after=_opt_str(data.get("retryAfter"), "retryAfter"),
             code=_opt_str(data.get("code"), "code"),
             message=_opt_str(data.get("message"), "message"),
-            latency_ms=float(latency), drop=bool(data.get("drop")),
+            latency_ms=float(latency),
+            drop=bool(data.get("drop")),
             after_processing=bool(data.get("afterProcessing")),
         )
         if rule.status is None and not rule.drop and not rule.latency_ms:
@@ -130,15 +140,31 @@ class FaultRule:
         """The fault this rule injects (defaults filled in from the status)."""
         code, message = default_error(self.status) if self.status else (None, None)
         headers = throttle_headers("ResourceUnitLimitExceeded") if self.status == 429 else {}
-        return Fault("rule", self.status, self.code or code, self.message or message,
-                     self.retry_after, self.drop, self.after_processing, headers)
+        return Fault(
+            "rule",
+            self.status,
+            self.code or code,
+            self.message or message,
+            self.retry_after,
+            self.drop,
+            self.after_processing,
+            headers,
+        )
 
     def describe(self) -> JsonDict:
         """The rule as posted (for ``GET /_emulator/faults``)."""
-        return {"method": self.method, "path": self.path.pattern, "status": self.status,
-                "times": self.times, "retryAfter": self.retry_after, "code": self.code,
-                "message": self.message, "latencyMs": self.latency_ms, "drop": self.drop,
-                "afterProcessing": self.after_processing}
+        return {
+            "method": self.method,
+            "path": self.path.pattern,
+            "status": self.status,
+            "times": self.times,
+            "retryAfter": self.retry_after,
+            "code": self.code,
+            "message": self.message,
+            "latencyMs": self.latency_ms,
+            "drop": self.drop,
+            "afterProcessing": self.after_processing,
+        }
 
 
 class FaultRules:
@@ -193,8 +219,7 @@ class Chaos:
                 self._thresholds.append((total, key))
         self._retry_after = _opt_str(data.get("retryAfter"), "retryAfter")
         self._rng = random.Random(data.get("seed"))
-        self.settings: JsonDict = {**probs, "retryAfter": self._retry_after,
-                                   "seed": data.get("seed")}
+        self.settings: JsonDict = {**probs, "retryAfter": self._retry_after, "seed": data.get("seed")}
 
     def draw(self) -> Fault | None:
         """Roll once for a Graph request."""
@@ -255,5 +280,4 @@ class WriteBudget:
         wait = (1.0 - self.tokens) / self.per_second
         retry_after = self.retry_after or str(max(1, math.ceil(wait)))
         code, message = default_error(429)
-        return Fault("writeBudget", 429, code, message, retry_after,
-                     headers=throttle_headers("WriteLimitExceeded"))
+        return Fault("writeBudget", 429, code, message, retry_after, headers=throttle_headers("WriteLimitExceeded"))

@@ -45,11 +45,13 @@ def _wait_ready(proc: subprocess.Popen[bytes], ready_file: Path, log_path: Path)
         if proc.poll() is not None:
             raise EmulatorStartError(
                 f"graph emulator exited with code {proc.returncode} before it was ready; "
-                f"log:\n{log_path.read_text(encoding='utf-8', errors='replace')}")
+                f"log:\n{log_path.read_text(encoding='utf-8', errors='replace')}"
+            )
         time.sleep(0.05)
     raise EmulatorStartError(
         f"graph emulator not ready after {READY_TIMEOUT_S:.0f} s; "
-        f"log:\n{log_path.read_text(encoding='utf-8', errors='replace')}")
+        f"log:\n{log_path.read_text(encoding='utf-8', errors='replace')}"
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -64,25 +66,37 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running_emulator(users_path: str | Path | None = None, *, port: int = 0,
-                     host: str = "127.0.0.1") -> Iterator[EmulatorHandle]:
+def running_emulator(
+    users_path: str | Path | None = None, *, port: int = 0, host: str = "127.0.0.1"
+) -> Iterator[EmulatorHandle]:
     """Run ``python -m tools.graph_emulator`` until the ``with`` block ends."""
     workdir = Path(tempfile.mkdtemp(prefix="graph-emulator-"))
     ready_file = workdir / "ready"
     log_path = workdir / "emulator.log"
     users = Path(users_path) if users_path is not None else DEFAULT_USERS
-    command = [sys.executable, "-m", "tools.graph_emulator", "--host", host, "--port", str(port),
-               "--users", str(users.resolve()), "--ready-file", str(ready_file)]
+    command = [
+        sys.executable,
+        "-m",
+        "tools.graph_emulator",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--users",
+        str(users.resolve()),
+        "--ready-file",
+        str(ready_file),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env=env)
+        proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         base_url = _wait_ready(proc, ready_file, log_path)
         control = EmulatorControl(base_url)
         try:
-            yield EmulatorHandle(base_url=base_url, root_url=control.root_url, control=control,
-                                 pid=proc.pid, log_path=log_path)
+            yield EmulatorHandle(
+                base_url=base_url, root_url=control.root_url, control=control, pid=proc.pid, log_path=log_path
+            )
         finally:
             control.close()
     finally:

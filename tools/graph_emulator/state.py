@@ -37,38 +37,95 @@ JsonDict = dict[str, Any]
 # Graph v1.0 returns these without $select; userType and otherMails are added because the
 # project brief asks for them (real Graph omits them, so callers should always $select).
 DEFAULT_SELECT: tuple[str, ...] = (
-    "businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone",
-    "officeLocation", "preferredLanguage", "surname", "userPrincipalName", "id",
-    "userType", "otherMails",
+    "businessPhones",
+    "displayName",
+    "givenName",
+    "jobTitle",
+    "mail",
+    "mobilePhone",
+    "officeLocation",
+    "preferredLanguage",
+    "surname",
+    "userPrincipalName",
+    "id",
+    "userType",
+    "otherMails",
 )
 # Properties Graph knows on a user that fixtures may leave out; $select of them yields null.
 STANDARD_PROPERTIES: frozenset[str] = frozenset(DEFAULT_SELECT) | {
-    "accountEnabled", "ageGroup", "assignedLicenses", "city", "companyName", "country",
-    "createdDateTime", "creationType", "deletedDateTime", "department", "employeeHireDate",
-    "employeeId", "employeeType", "externalUserState", "externalUserStateChangeDateTime",
-    "faxNumber", "identities", "imAddresses", "lastPasswordChangeDateTime", "mailNickname",
-    "onPremisesDistinguishedName", "onPremisesDomainName", "onPremisesImmutableId",
-    "onPremisesLastSyncDateTime", "onPremisesSamAccountName", "onPremisesSecurityIdentifier",
-    "onPremisesSyncEnabled", "onPremisesUserPrincipalName", "passwordPolicies", "postalCode",
-    "preferredDataLocation", "proxyAddresses", "securityIdentifier", "showInAddressList",
-    "signInActivity", "signInSessionsValidFromDateTime", "state", "streetAddress",
+    "accountEnabled",
+    "ageGroup",
+    "assignedLicenses",
+    "city",
+    "companyName",
+    "country",
+    "createdDateTime",
+    "creationType",
+    "deletedDateTime",
+    "department",
+    "employeeHireDate",
+    "employeeId",
+    "employeeType",
+    "externalUserState",
+    "externalUserStateChangeDateTime",
+    "faxNumber",
+    "identities",
+    "imAddresses",
+    "lastPasswordChangeDateTime",
+    "mailNickname",
+    "onPremisesDistinguishedName",
+    "onPremisesDomainName",
+    "onPremisesImmutableId",
+    "onPremisesLastSyncDateTime",
+    "onPremisesSamAccountName",
+    "onPremisesSecurityIdentifier",
+    "onPremisesSyncEnabled",
+    "onPremisesUserPrincipalName",
+    "passwordPolicies",
+    "postalCode",
+    "preferredDataLocation",
+    "proxyAddresses",
+    "securityIdentifier",
+    "showInAddressList",
+    "signInActivity",
+    "signInSessionsValidFromDateTime",
+    "state",
+    "streetAddress",
     "usageLocation",
 }
-READ_ONLY_PROPERTIES: frozenset[str] = frozenset({
-    "id", "createdDateTime", "creationType", "deletedDateTime", "externalUserState",
-    "externalUserStateChangeDateTime", "lastPasswordChangeDateTime",
-    "onPremisesLastSyncDateTime", "onPremisesSecurityIdentifier", "onPremisesSyncEnabled",
-    "proxyAddresses", "securityIdentifier", "signInActivity",
-})
+READ_ONLY_PROPERTIES: frozenset[str] = frozenset(
+    {
+        "id",
+        "createdDateTime",
+        "creationType",
+        "deletedDateTime",
+        "externalUserState",
+        "externalUserStateChangeDateTime",
+        "lastPasswordChangeDateTime",
+        "onPremisesLastSyncDateTime",
+        "onPremisesSecurityIdentifier",
+        "onPremisesSyncEnabled",
+        "proxyAddresses",
+        "securityIdentifier",
+        "signInActivity",
+    }
+)
 SCALAR_FILTERABLE: tuple[str, ...] = (
-    "id", "mail", "userPrincipalName", "userType", "displayName", "externalUserState",
-    "creationType", "accountEnabled", "givenName", "surname",
+    "id",
+    "mail",
+    "userPrincipalName",
+    "userType",
+    "displayName",
+    "externalUserState",
+    "creationType",
+    "accountEnabled",
+    "givenName",
+    "surname",
 )
 COLLECTION_FILTERABLE: tuple[str, ...] = ("otherMails", "proxyAddresses")
 _CANONICAL_FILTER = {p.lower(): p for p in SCALAR_FILTERABLE + COLLECTION_FILTERABLE}
 
-_NOT_FOUND = ("Resource '{}' does not exist or one of its queried reference-property objects "
-              "are not present.")
+_NOT_FOUND = "Resource '{}' does not exist or one of its queried reference-property objects are not present."
 EMAIL_MISMATCH = (
     "The email you're using to invite this user doesn't match any emails on the user object. "
     "Please add this email to the user object and try again."
@@ -81,8 +138,7 @@ _DOMAIN_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 class GraphError(Exception):
     """A Graph-style failure: HTTP status plus ``error.code``/``message``/``details``."""
 
-    def __init__(self, status: int, code: str, message: str,
-                 details: list[JsonDict] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, details: list[JsonDict] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -125,6 +181,7 @@ def validate_user(user: Any) -> JsonDict:
 
 
 # --- $filter ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Compare:
@@ -265,12 +322,15 @@ def advanced_properties(node: FilterNode) -> list[str]:
 
 
 def _unsupported_filter(prop: str) -> GraphError:
-    return GraphError(400, "Request_UnsupportedQuery",
-                      f"Unsupported or invalid query filter clause specified for property "
-                      f"'{prop}' of resource 'User'.")
+    return GraphError(
+        400,
+        "Request_UnsupportedQuery",
+        f"Unsupported or invalid query filter clause specified for property '{prop}' of resource 'User'.",
+    )
 
 
 # --- directory -------------------------------------------------------------------------
+
 
 def _index_values(user: Mapping[str, Any], prop: str) -> list[str]:
     value = user.get(prop)
@@ -366,8 +426,7 @@ class Directory:
             user = before
         return self._project(user, self._select(select))
 
-    def list_users(self, *, filter_text: str | None, select: str | None, eventual: bool,
-                   count: bool) -> list[JsonDict]:
+    def list_users(self, *, filter_text: str | None, select: str | None, eventual: bool, count: bool) -> list[JsonDict]:
         """``GET /users``: all matching users in directory order, projected."""
         props = self._select(select)
         if filter_text is None or not filter_text.strip():
@@ -406,8 +465,7 @@ class Directory:
         changes = copy.deepcopy({k: v for k, v in body.items() if not k.startswith("@odata.")})
         for prop in changes:
             if prop in READ_ONLY_PROPERTIES:
-                raise GraphError(400, "Request_BadRequest",
-                                 f"Property '{prop}' is read-only and cannot be set.")
+                raise GraphError(400, "Request_BadRequest", f"Property '{prop}' is read-only and cannot be set.")
             if prop.startswith("_") or prop.lower() not in self._known:
                 raise GraphError(400, "Request_BadRequest", f"Invalid property '{prop}'.")
         self._check_addresses(changes)
@@ -417,8 +475,12 @@ class Directory:
         upn = changes.get("userPrincipalName")
         if isinstance(upn, str) and self._index["userPrincipalName"].get(upn.lower(), set()) - {uid}:
             msg = "Another object with the same value for property userPrincipalName already exists."
-            raise GraphError(400, "Request_BadRequest", msg, [
-                {"code": "ObjectConflict", "message": msg, "target": "userPrincipalName"}])
+            raise GraphError(
+                400,
+                "Request_BadRequest",
+                msg,
+                [{"code": "ObjectConflict", "message": msg, "target": "userPrincipalName"}],
+            )
         self._unindex(uid, user)
         user.update(changes)
         if "mail" in changes:
@@ -431,45 +493,45 @@ class Directory:
             raise GraphError(400, "BadRequest", "Empty Payload, JSON content expected.")
         email = body.get("invitedUserEmailAddress")
         if not isinstance(email, str) or not email.strip():
-            raise GraphError(400, "BadRequest",
-                             "Required property 'invitedUserEmailAddress' is missing or empty.")
+            raise GraphError(400, "BadRequest", "Required property 'invitedUserEmailAddress' is missing or empty.")
         if not is_valid_invite_address(email):
-            raise GraphError(400, "BadRequest",
-                             f"The email address '{email}' is invalid: the characters "
-                             "~!#$%^&*()+=[]{}\\/|;:\"<>?, are not allowed and the local part "
-                             "cannot start or end with '.' or '-'.")
+            raise GraphError(
+                400,
+                "BadRequest",
+                f"The email address '{email}' is invalid: the characters "
+                '~!#$%^&*()+=[]{}\\/|;:"<>?, are not allowed and the local part '
+                "cannot start or end with '.' or '-'.",
+            )
         redirect = body.get("inviteRedirectUrl")
         if not isinstance(redirect, str) or not redirect.strip():
-            raise GraphError(400, "BadRequest",
-                             "Required property 'inviteRedirectUrl' is missing or empty.")
+            raise GraphError(400, "BadRequest", "Required property 'inviteRedirectUrl' is missing or empty.")
         info = body.get("invitedUserMessageInfo")
         if info is not None and not isinstance(info, dict):
             raise GraphError(400, "BadRequest", "invitedUserMessageInfo must be an object.")
         cc = (info or {}).get("ccRecipients") or []
         if not isinstance(cc, list) or len(cc) > 1:
-            raise GraphError(400, "BadRequest",
-                             "Only one cc recipient is supported in "
-                             "invitedUserMessageInfo.ccRecipients.")
+            raise GraphError(
+                400, "BadRequest", "Only one cc recipient is supported in invitedUserMessageInfo.ccRecipients."
+            )
         if body.get("resetRedemption") is not True:
-            raise GraphError(400, "BadRequest",
-                             "The Graph emulator only implements reset invitations: send "
-                             "resetRedemption: true with invitedUser.id.")
+            raise GraphError(
+                400,
+                "BadRequest",
+                "The Graph emulator only implements reset invitations: send resetRedemption: true with invitedUser.id.",
+            )
         invited = body.get("invitedUser")
         user_id = invited.get("id") if isinstance(invited, dict) else None
         if not isinstance(user_id, str) or not user_id:
-            raise GraphError(400, "BadRequest",
-                             "invitedUser.id is required when resetRedemption is true.")
+            raise GraphError(400, "BadRequest", "invitedUser.id is required when resetRedemption is true.")
         user = self._users.get(user_id.lower())
         if user is None:
             raise GraphError(404, "Request_ResourceNotFound", _NOT_FOUND.format(user_id))
-        owned = {a.lower() for a in [user.get("mail"), *(user.get("otherMails") or [])]
-                 if isinstance(a, str)}
+        owned = {a.lower() for a in [user.get("mail"), *(user.get("otherMails") or [])] if isinstance(a, str)}
         if email.lower() not in owned:
             raise GraphError(400, "BadRequest", EMAIL_MISMATCH)
         if user.get("_directoryRoles"):
             # App-only calls cannot reset a user who holds any directory role (graph.md §2).
-            raise GraphError(403, "Authorization_RequestDenied",
-                             "Insufficient privileges to complete the operation.")
+            raise GraphError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
         now = utc_now_iso()
         invitation_id = str(uuid.uuid4())
         if self.stale_reads > 0:
@@ -477,14 +539,16 @@ class Directory:
         user["externalUserState"] = "PendingAcceptance"
         user["externalUserStateChangeDateTime"] = now
         user["_invitationCount"] = int(user.get("_invitationCount") or 0) + 1
-        user["_lastInvitation"] = {"id": invitation_id, "invitedUserEmailAddress": email,
-                                   "sendInvitationMessage": bool(body.get("sendInvitationMessage")),
-                                   "at": now}
+        user["_lastInvitation"] = {
+            "id": invitation_id,
+            "invitedUserEmailAddress": email,
+            "sendInvitationMessage": bool(body.get("sendInvitationMessage")),
+            "at": now,
+        }
         self._reindex_prop(user_id.lower(), user, "externalUserState")
         return {
             "id": invitation_id,
-            "inviteRedeemUrl": "https://login.microsoftonline.com/redeem?rd="
-                               + secrets.token_urlsafe(32),
+            "inviteRedeemUrl": "https://login.microsoftonline.com/redeem?rd=" + secrets.token_urlsafe(32),
             "invitedUserDisplayName": body.get("invitedUserDisplayName"),
             "invitedUserType": "Guest",
             "invitedUserEmailAddress": email,
@@ -523,8 +587,9 @@ class Directory:
                 continue
             canonical = self._known.get(name.lower())
             if canonical is None:
-                raise GraphError(400, "BadRequest", f"Could not find a property named '{name}' "
-                                                    "on type 'microsoft.graph.user'.")
+                raise GraphError(
+                    400, "BadRequest", f"Could not find a property named '{name}' on type 'microsoft.graph.user'."
+                )
             props.append(canonical)
         return tuple(props) or DEFAULT_SELECT
 
@@ -569,30 +634,39 @@ class Directory:
             self._index["_smtp"].get(_strip_smtp(addr), set()).discard(key)
 
     def _check_addresses(self, changes: JsonDict) -> None:
-        if "mail" in changes and changes["mail"] is not None and not (
-                isinstance(changes["mail"], str) and is_valid_invite_address(changes["mail"])):
-            raise GraphError(400, "Request_BadRequest",
-                             "Invalid value specified for property 'mail' of resource 'User'.")
+        if (
+            "mail" in changes
+            and changes["mail"] is not None
+            and not (isinstance(changes["mail"], str) and is_valid_invite_address(changes["mail"]))
+        ):
+            raise GraphError(
+                400, "Request_BadRequest", "Invalid value specified for property 'mail' of resource 'User'."
+            )
         if "otherMails" in changes:
             others = changes["otherMails"]
             if not isinstance(others, list) or not all(
-                    isinstance(a, str) and is_valid_invite_address(a) for a in others):
-                raise GraphError(400, "Request_BadRequest",
-                                 "Invalid value specified for property 'otherMails' of "
-                                 "resource 'User'.")
+                isinstance(a, str) and is_valid_invite_address(a) for a in others
+            ):
+                raise GraphError(
+                    400, "Request_BadRequest", "Invalid value specified for property 'otherMails' of resource 'User'."
+                )
 
     def _check_mail_conflict(self, uid: str, mail: str) -> None:
         lowered = mail.lower()
-        owners = (self._index["mail"].get(lowered, set())
-                  | self._index["_smtp"].get(lowered, set())) - {uid}
+        owners = (self._index["mail"].get(lowered, set()) | self._index["_smtp"].get(lowered, set())) - {uid}
         if owners:
             other = self._users[min(owners, key=self._order.__getitem__)]
-            raise GraphError(400, "Request_BadRequest", PROXY_CONFLICT, [
-                {"code": "ObjectConflict", "message": PROXY_CONFLICT, "target": "proxyAddresses"},
-                # The real second detail names the conflicting object; its exact target format
-                # is not documented, so the emulator uses the object id.
-                {"code": "ConflictingObjects", "message": PROXY_CONFLICT, "target": other["id"]},
-            ])
+            raise GraphError(
+                400,
+                "Request_BadRequest",
+                PROXY_CONFLICT,
+                [
+                    {"code": "ObjectConflict", "message": PROXY_CONFLICT, "target": "proxyAddresses"},
+                    # The real second detail names the conflicting object; its exact target format
+                    # is not documented, so the emulator uses the object id.
+                    {"code": "ConflictingObjects", "message": PROXY_CONFLICT, "target": other["id"]},
+                ],
+            )
 
     @staticmethod
     def _with_primary(current: Any, mail: Any) -> list[str]:
@@ -611,7 +685,6 @@ def _echo_message_info(info: JsonDict | None) -> JsonDict:
     cc = info.get("ccRecipients") or [{"emailAddress": {"name": None, "address": None}}]
     return {
         "messageLanguage": info.get("messageLanguage"),
-        "ccRecipients": [{k: v for k, v in r.items() if k != "@odata.type"}
-                         if isinstance(r, dict) else r for r in cc],
+        "ccRecipients": [{k: v for k, v in r.items() if k != "@odata.type"} if isinstance(r, dict) else r for r in cc],
         "customizedMessageBody": info.get("customizedMessageBody"),
     }

@@ -45,8 +45,13 @@ def record_sync(entry: dict[str, Any]) -> None:
 async def main(msg: func.QueueMessage) -> None:
     """Behaviour chosen by the body: ok records, fail raises, slow sleeps then records."""
     body = msg.get_json()
-    entry = {"fn": "main", "do": body.get("do"), "tag": body.get("tag"),
-             "dequeue_count": msg.dequeue_count, "started": time.time()}  # fmt: skip
+    entry = {
+        "fn": "main",
+        "do": body.get("do"),
+        "tag": body.get("tag"),
+        "dequeue_count": msg.dequeue_count,
+        "started": time.time(),
+    }
     if body.get("do") == "slow":
         await record({**entry, "phase": "start"})
         await asyncio.sleep(float(body.get("seconds", 1)))
@@ -59,8 +64,7 @@ async def main(msg: func.QueueMessage) -> None:
 @app.queue_trigger(arg_name="msg", queue_name="%SAMPLE_QUEUE%-poison", connection="AzureWebJobsStorage")
 def poison(msg: func.QueueMessage) -> None:
     """A plain def (runs in the thread pool) that records what reached the poison queue."""
-    record_sync({"fn": "poison", "dequeue_count": msg.dequeue_count,
-                 "body": msg.get_body().decode("utf-8", "replace")})  # fmt: skip
+    record_sync({"fn": "poison", "dequeue_count": msg.dequeue_count, "body": msg.get_body().decode("utf-8", "replace")})
 
 
 @app.route(route="hello/{name}", methods=["GET"])

@@ -32,6 +32,7 @@ COLUMNS = (
     "userPrincipalName",
     "email",
     "newEmail",
+    "moveToDomain",
     "sendInvitationMessage",
     "inviteRedirectUrl",
     "messageLanguage",
@@ -42,6 +43,19 @@ COLUMNS = (
     "source",
     "callbackUrl",
     "dryRun",
+)
+# Columns `guest-reset find` writes beside the request columns (why a guest is listed and the
+# facts that matched): read past, never sent. Any other unknown column is still a problem.
+INFO_COLUMNS = (
+    "reason",
+    "currentEmail",
+    "externalUserState",
+    "externalUserStateChangeDateTime",
+    "createdDateTime",
+    "issuers",
+    "homeRealm",
+    "isViral",
+    "conflictOwner",
 )
 USER_KEYS = ("userId", "userPrincipalName", "email")
 BOOLEAN_COLUMNS = frozenset({"sendInvitationMessage", "dryRun"})
@@ -400,6 +414,8 @@ class BulkCsvReader:
                 self._problem(CsvProblem(line, index, f"duplicate column {name!r} (also column {first})", name))
             elif name in COLUMNS:
                 self._columns[name] = index - 1
+            elif name in INFO_COLUMNS:
+                continue
             elif name == "requestId":
                 self._problem(
                     CsvProblem(
@@ -410,7 +426,8 @@ class BulkCsvReader:
                     )
                 )
             else:
-                hint = known.get(name.lower()) or next(iter(difflib.get_close_matches(name, COLUMNS, n=1)), None)
+                close = difflib.get_close_matches(name, COLUMNS + INFO_COLUMNS, n=1)
+                hint = known.get(name.lower()) or next(iter(close), None)
                 tip = f"; did you mean {hint!r}?" if hint else f"; columns are {', '.join(COLUMNS)}"
                 self._problem(CsvProblem(line, index, f"unknown column {name!r}{tip}", name))
         special = BOOLEAN_COLUMNS | {"ccRecipients"}

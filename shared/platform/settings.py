@@ -126,6 +126,18 @@ class Settings:
         parts = urlsplit(self.graph_base_url)
         return f"{parts.scheme}://{parts.netloc}/.default"
 
+    @property
+    def login_base_url(self) -> str:
+        """The Entra login host of the Graph cloud (its public ``userrealm`` endpoint lives there).
+
+        The emulator serves that endpoint itself, so a loopback Graph URL means its own origin:
+        a home-realm lookup never leaves the machine in a local run.
+        """
+        if self.uses_graph_emulator:
+            parts = urlsplit(self.graph_base_url)
+            return f"{parts.scheme}://{parts.netloc}"
+        return f"https://{self.graph_cloud.value}"
+
 
 class _Reader:
     """Collects every problem instead of stopping at the first one."""

@@ -34,6 +34,7 @@ _EMAIL_RE = re.compile(
     r"^(?![.\-])[A-Za-z0-9._'\-]+(?<![.\-])@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)+$"
 )
+_DOMAIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)+$")
 _UPN_RE = re.compile(r"^[^\s@]+@[A-Za-z0-9.\-]+$")
 _LANGUAGE_RE = re.compile(r"^[a-zA-Z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 # requestId becomes a Table partition key: no / \ # ? or control characters.
@@ -41,9 +42,20 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
 
 def _email(value: str) -> str:
-    if len(value) > 254 or not _EMAIL_RE.match(value):
+    if not is_invitable_address(value):
         raise ValueError("is not a valid email address (Graph refuses characters like ~!#$%^&*(),;:<>)")
     return value
+
+
+def is_invitable_address(value: str) -> bool:
+    """The character rules Graph applies to ``invitedUserEmailAddress``."""
+    return len(value) <= 254 and _EMAIL_RE.match(value) is not None
+
+
+def _domain(value: str) -> str:
+    if len(value) > 253 or not _DOMAIN_RE.match(value):
+        raise ValueError("is not a domain name (like fabrikam.com: no @, no scheme, no path)")
+    return value.lower()
 
 
 def _guid(value: str) -> str:
@@ -73,6 +85,7 @@ HttpsUrl = Annotated[
 ]
 Guid = Annotated[str, Field(json_schema_extra={"format": "uuid"}), AfterValidator(_guid)]
 Upn = Annotated[str, Field(max_length=369), AfterValidator(_upn)]
+Domain = Annotated[str, Field(max_length=253, json_schema_extra={"format": "hostname"}), AfterValidator(_domain)]
 RequestId = Annotated[str, Field(pattern=_REQUEST_ID_RE.pattern)]
 AuditText = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -99,6 +112,11 @@ class ResetRequest(BaseModel):
     email: Email | None = Field(None, description="The guest's current mail or one of its otherMails.")
     new_email: Email | None = Field(
         None, description="Address the guest will redeem with; when absent the current mail is used."
+    )
+    move_to_domain: Domain | None = Field(
+        None,
+        description="Move the guest to this domain: the new address is the local part of its current mail "
+        "at this domain (a partner renamed its domain). Not together with newEmail.",
     )
     send_invitation_message: StrictBool | None = Field(
         None, description="Send Microsoft's invitation email; default from the app settings."
@@ -134,7 +152,14 @@ class ResetRequest(BaseModel):
                 "give exactly one of userId, userPrincipalName or email "
                 f"({'none' if not given else ', '.join(to_camel(k) for k in given)} given)"
             )
+        if self.new_email and self.move_to_domain:
+            raise ValueError("give newEmail or moveToDomain, not both")
         return self
+
+    @property
+    def switches_email(self) -> bool:
+        """The request changes the address the guest signs in with (newEmail or moveToDomain)."""
+        return bool(self.new_email or self.move_to_domain)
 
     @property
     def user_key(self) -> str:

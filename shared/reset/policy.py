@@ -5,6 +5,7 @@ from __future__ import annotations
 from shared.platform.errors import PolicyRefusedError
 from shared.platform.logs import mask_email
 from shared.platform.settings import Settings
+from shared.reset.contract import ResetRequest, is_invitable_address
 from shared.reset.graph import GuestUser
 
 
@@ -22,6 +23,28 @@ def check_user(user: GuestUser, settings: Settings) -> None:
             f"user {user.id} is an internal account, not a B2B user; a reset would convert it",
             code="NotAnExternalUser",
         )
+
+
+def new_sign_in_email(request: ResetRequest, user: GuestUser) -> str | None:
+    """The address the request switches the guest to: ``newEmail``, or its mail moved to ``moveToDomain``.
+
+    A computed address then passes every rule a given ``newEmail`` passes (domain settings,
+    owned by nobody else): moving a domain is an email switch like any other.
+    """
+    if not request.move_to_domain:
+        return request.new_email
+    if not user.mail:
+        raise PolicyRefusedError(
+            f"user {user.id} has no mail to move to {request.move_to_domain}; give newEmail instead",
+            code="NoEmailOnUser",
+        )
+    moved = f"{user.mail.rsplit('@', 1)[0]}@{request.move_to_domain}"
+    if not is_invitable_address(moved):
+        raise PolicyRefusedError(
+            f"{mask_email(moved)} is not an address Graph accepts for an invitation; give newEmail instead",
+            code="InvalidNewEmail",
+        )
+    return moved
 
 
 def check_email_domain(email: str, settings: Settings) -> None:

@@ -26,23 +26,24 @@ class ResetService:
             user_id=request.user_id, upn=request.user_principal_name, email=request.email
         )
 
-    async def _check(self, request: ResetRequest, user: GuestUser) -> str:
-        """Every safety rule; returns the address the guest will redeem with."""
+    async def _check(self, request: ResetRequest, user: GuestUser) -> tuple[str, str | None]:
+        """Every safety rule; returns the address the guest will redeem with, and the new one if it changes."""
         policy.check_user(user, self._settings)
-        target = request.new_email or user.mail
+        new_email = policy.new_sign_in_email(request, user)
+        target = new_email or user.mail
         if not target:
             raise PolicyRefusedError(f"user {user.id} has no mail to invite; give newEmail", code="NoEmailOnUser")
         policy.check_email_domain(target, self._settings)
-        if request.new_email:
-            owners = await self._graph.users_owning_email(request.new_email)
-            policy.check_email_owners(request.new_email, user, owners)
+        if new_email:
+            owners = await self._graph.users_owning_email(new_email)
+            policy.check_email_owners(new_email, user, owners)
         policy.check_directory_roles(user, await self._graph.directory_roles(user.id))
-        return target
+        return target, new_email
 
     async def run(self, request: ResetRequest, record: StatusRecord) -> StatusRecord:
         user = await self._find(request)
         bind(userId=user.id)
-        target = await self._check(request, user)
+        target, new_email = await self._check(request, user)
 
         if request.dry_run:
             log.info("dry run passed every check for %s", mask_email(target))
@@ -59,9 +60,9 @@ class ResetService:
                 history=record.with_event("dryRunPassed"),
             )
 
-        if request.new_email and (user.mail or "").lower() != request.new_email.lower():
-            await self._graph.set_sign_in_email(user, request.new_email)
-            log.info("sign-in email switched to %s", mask_email(request.new_email))
+        if new_email and (user.mail or "").lower() != new_email.lower():
+            await self._graph.set_sign_in_email(user, new_email)
+            log.info("sign-in email switched to %s", mask_email(new_email))
 
         body = InvitationBody.for_request(request, user, target, self._settings)
         # Written before sending: a later delivery then knows an invitation may have gone out

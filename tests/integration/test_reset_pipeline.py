@@ -65,6 +65,40 @@ async def test_email_switch_sets_mail_and_keeps_other_mails(app: App) -> None:
     assert record is not None and record.status is Status.SUCCEEDED
 
 
+async def test_move_to_domain_switches_to_the_same_local_part_in_the_new_domain(app: App) -> None:
+    """moveToDomain computes the new address from the current mail; it is switched and invited like newEmail."""
+    await app.deliver({"userId": ADELE, "moveToDomain": "contoso-renamed.example", "requestId": "moved"})
+    user = app.graph.user(ADELE)
+    assert user["mail"] == "adele.vance@contoso-renamed.example"
+    assert "adele.vance@contoso.com" in user["otherMails"]
+    [sent] = app.graph.invitations()
+    assert sent["body"]["invitedUserEmailAddress"] == "adele.vance@contoso-renamed.example"
+    record = await app.status("moved")
+    assert record is not None and record.status is Status.SUCCEEDED
+    assert record.masked_email == "a***e@contoso-renamed.example"
+
+
+async def test_move_to_domain_obeys_the_email_switch_rules(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A computed address owned by another user, or in a blocked domain, is refused before any write."""
+    from shared.platform.settings import reset_settings
+
+    app.graph.put_user(
+        {
+            "id": "5e0c1d2a-00aa-4a5b-9c3d-0000000000aa",
+            "userPrincipalName": "owner@taken.example",
+            "mail": "adele.vance@taken.example",
+            "userType": "Member",
+        }
+    )
+    monkeypatch.setenv("BLOCKED_EMAIL_DOMAINS", "blocked.example")
+    reset_settings()
+    await app.deliver({"userId": ADELE, "moveToDomain": "taken.example", "requestId": "owned"})
+    await app.deliver({"userId": ADELE, "moveToDomain": "blocked.example", "requestId": "blocked"})
+    codes = {p["requestId"]: p["error"]["code"] for p in app.poison()}
+    assert codes == {"owned": "EmailInUse", "blocked": "EmailDomainBlocked"}
+    assert app.graph.invitations() == [] and not app.graph.journal(method="PATCH")
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [

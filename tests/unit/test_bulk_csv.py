@@ -63,6 +63,25 @@ def test_lists_use_a_pipe_and_booleans_accept_spreadsheet_spellings() -> None:
     assert row.request.send_invitation_message is True and row.request.dry_run is False
 
 
+def test_columns_that_find_writes_are_read_past() -> None:
+    """`find`'s reason and facts columns are ignored, a misspelt one is still refused."""
+    text = f"userId,newEmail,reason,currentEmail,isViral\n{ADELE},adele@fabrikam.com,DomainMove,adele@fabrikam.net,\n"
+    reader, [row] = read(text)
+    assert reader.valid and row.request is not None
+    sent = canonical_json(row.request)
+    assert "reason" not in sent and "fabrikam.net" not in sent and row.request.new_email == "adele@fabrikam.com"
+    reader, _ = read(f"userId,reasons\n{ADELE},x\n")
+    assert where(reader) == [(1, 2)] and "did you mean 'reason'" in reader.problems[0].message
+
+
+def test_move_to_domain_is_a_column() -> None:
+    """A file may ask for a domain move per row; newEmail and moveToDomain together are refused."""
+    _, [row] = read(f"userId,moveToDomain\n{ADELE},Fabrikam.COM\n")
+    assert row.request is not None and row.request.move_to_domain == "fabrikam.com"
+    reader, _ = read(f"userId,newEmail,moveToDomain\n{ADELE},a@b.example,fabrikam.com\n")
+    assert "not both" in reader.problems[0].message
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 17, 4096])
 def test_rows_cut_by_chunk_boundaries_read_the_same(chunk: int) -> None:
     """Bytes may arrive in any slices (a BOM or a quoted line break split in two included)."""

@@ -118,3 +118,23 @@ def test_checked_in_openapi_matches_the_models() -> None:
     checked_in = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
     validate(checked_in)
     assert checked_in == json.loads(json.dumps(document(CONNECTOR_HOST))), "run `make schema` and commit"
+
+
+@pytest.mark.parametrize("domain", ["fabrikam.com", "sub.fabrikam.co.uk", "FABRIKAM.com"])
+def test_move_to_domain_takes_a_domain_name(domain: str) -> None:
+    """moveToDomain is a bare domain, kept in lower case."""
+    assert parse_request(request_body(moveToDomain=domain)).move_to_domain == domain.lower()
+
+
+@pytest.mark.parametrize(
+    "domain", ["@fabrikam.com", "https://fabrikam.com", "fabrikam", "a@fabrikam.com", "fab rikam.com"]
+)
+def test_move_to_domain_refuses_what_is_not_a_domain(domain: str) -> None:
+    """An address, a URL or a single label is not a domain to move to."""
+    assert "moveToDomain" in problems(request_body(moveToDomain=domain))
+
+
+def test_move_to_domain_and_new_email_are_exclusive() -> None:
+    """Both ways of naming the new address at once is ambiguous: refused."""
+    with pytest.raises(InvalidRequestError, match="newEmail or moveToDomain, not both"):
+        parse_request(request_body(newEmail="a@fabrikam.com", moveToDomain="fabrikam.com"))

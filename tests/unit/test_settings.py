@@ -63,6 +63,20 @@ def test_national_clouds_and_loopback_emulator_are_accepted(url: str, cloud: Gra
 
 
 @pytest.mark.parametrize(
+    ("url", "login"),
+    [
+        ("https://graph.microsoft.com/v1.0", "https://login.microsoftonline.com"),
+        ("https://dod-graph.microsoft.us/v1.0", "https://login.microsoftonline.us"),
+        ("https://microsoftgraph.chinacloudapi.cn/v1.0", "https://login.chinacloudapi.cn"),
+        ("http://127.0.0.1:8765/v1.0", "http://127.0.0.1:8765"),
+    ],
+)
+def test_login_host_follows_the_graph_cloud(url: str, login: str) -> None:
+    """Home-realm lookups go to the login host of the Graph cloud, or to the emulator itself."""
+    assert parse_settings(env(GRAPH_BASE_URL=url)).login_base_url == login
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "http://graph.microsoft.com/v1.0",

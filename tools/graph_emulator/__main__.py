@@ -1,4 +1,4 @@
-"""Command line: ``python -m tools.graph_emulator --port 8765 [--ready-file PATH]``.
+"""Command line: ``python -m tools.graph_emulator --port 8765 [--guests N] [--ready-file PATH]``.
 
 Prints the Graph base URL once listening and writes it to ``--ready-file`` so a parent
 process (``runner.py``, the local dev host, CI) knows when and where to connect.
@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from aiohttp import web
 
 from .app import DEFAULT_USERS_PATH, create_app
+from .realm import load_realms
+from .state import load_users
+from .tenant import generate_tenant
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ready-file", type=Path, default=None, help="write the base URL here once the socket is listening"
     )
     parser.add_argument(
+        "--guests",
+        type=int,
+        default=0,
+        help="add this many generated guests (a mix of states, issuers and domains) to the fixture",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated guests (default 0)")
+    parser.add_argument("--domains", type=int, default=100, help="partner domains of the generated guests")
+    parser.add_argument(
         "--journal-limit", type=int, default=200_000, help="keep at most this many journal entries (oldest dropped)"
     )
     parser.add_argument(
@@ -50,9 +63,26 @@ def _write_ready_file(path: Path, base_url: str) -> None:
     os.replace(tmp, path)
 
 
+def _with_generated_guests(args: argparse.Namespace, workdir: Path) -> Path:
+    """A fixture file holding the given fixture and the generated guests, so a reset keeps both."""
+    tenant = generate_tenant(args.guests, seed=args.seed, domains=max(args.domains, 1))
+    document = {
+        "users": [*load_users(args.users), *tenant["users"]],
+        "realms": {**load_realms(args.users), **tenant["realms"]},
+    }
+    path = workdir / "generated-tenant.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
 async def serve(args: argparse.Namespace) -> None:
     """Run until SIGINT/SIGTERM, then close the listener cleanly."""
-    app = create_app(args.users, journal_limit=args.journal_limit)
+    with tempfile.TemporaryDirectory(prefix="graph-emulator-tenant-") as workdir:
+        users = _with_generated_guests(args, Path(workdir)) if args.guests else args.users
+        await _serve(args, create_app(users, journal_limit=args.journal_limit))
+
+
+async def _serve(args: argparse.Namespace, app: web.Application) -> None:
     runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if args.access_log else None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)

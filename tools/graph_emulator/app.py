@@ -22,7 +22,9 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from .faults import Chaos, Fault, FaultRule, FaultRules, WriteBudget
+from .realm import Realms, add_login_routes, load_realms
 from .state import Directory, GraphError, JsonDict, load_users, validate_user
+from .tenant import generate_tenant
 
 DEFAULT_USERS_PATH = Path(__file__).with_name("users.json")
 _SLASHES = re.compile(r"/{2,}")
@@ -56,11 +58,13 @@ class EmulatorState:
         self.chaos = Chaos()
         self.budget = WriteBudget()
         self.latency_ms = 0.0
+        self.realms = Realms()
         self.reset()
 
     def reset(self) -> None:
         """Reload the fixture and switch every injected behaviour off."""
         self.directory.replace_all(load_users(self.users_path) if self.users_path else [])
+        self.realms.replace(load_realms(self.users_path))
         self.journal.clear()
         self.rules.clear()
         self.chaos.configure({})
@@ -453,6 +457,19 @@ def _delete_user(state: EmulatorState, _body: Any, request: web.Request) -> Json
     return {"deleted": True}
 
 
+def _generate_tenant(state: EmulatorState, body: Any, _: web.Request) -> JsonDict:
+    """The fixture plus ``guests`` generated guests and their domains' realms (until the next reset)."""
+    spec = body if isinstance(body, dict) else {}
+    count, seed, domains = spec.get("guests", 0), spec.get("seed", 0), spec.get("domains", 100)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (count, seed, domains)):
+        raise ValueError("guests, seed and domains must be non-negative integers")
+    tenant = generate_tenant(count, seed=seed, domains=max(domains, 1))
+    fixture = load_users(state.users_path) if state.users_path and spec.get("keepFixture", True) else []
+    state.directory.replace_all([*fixture, *tenant["users"]])
+    state.realms.replace({**load_realms(state.users_path), **tenant["realms"]})
+    return {"users": len(state.directory), "realms": len(tenant["realms"])}
+
+
 def _reset(state: EmulatorState, _body: Any, _: web.Request) -> JsonDict:
     state.reset()
     return {"reset": True, "users": len(state.directory)}
@@ -481,6 +498,7 @@ def _add_control_routes(app: web.Application) -> None:
     r.add_post("/_emulator/users", _control(_put_user))
     r.add_get("/_emulator/users/{user_id}", _control(_get_one_user))
     r.add_delete("/_emulator/users/{user_id}", _control(_delete_user))
+    r.add_post("/_emulator/tenant", _control(_generate_tenant))
 
 
 def create_app(users_path: Path | None = DEFAULT_USERS_PATH, *, journal_limit: int = 200_000) -> web.Application:
@@ -488,5 +506,7 @@ def create_app(users_path: Path | None = DEFAULT_USERS_PATH, *, journal_limit: i
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[STATE_KEY] = EmulatorState(users_path, journal_limit)
     _add_control_routes(app)
+    state = app[STATE_KEY]
+    add_login_routes(app, state.realms, lambda: state.latency_ms)
     app.router.add_route("*", "/{tail:.*}", graph_handler)
     return app

@@ -195,3 +195,20 @@ class EmulatorControl:
             for e in self.journal(method="POST", path_contains="/invitations")
             if e["path"] == "/invitations" and e["processed"]
         ]
+
+    # generated tenants and home realms ------------------------------------------------------
+
+    def generate_tenant(self, guests: int, *, seed: int = 0, domains: int = 100, keep_fixture: bool = True) -> JsonDict:
+        """Replace the directory with the fixture (unless told not to) plus ``guests`` generated guests,
+        and the realm table with their domains' realms (``tools.graph_emulator.tenant``)."""
+        body = {"guests": guests, "seed": seed, "domains": domains, "keepFixture": keep_fixture}
+        return cast(JsonDict, self._call("POST", "/tenant", json=body))
+
+    def set_realms(self, realms: dict[str, JsonDict]) -> None:
+        """Home realms by domain, e.g. {"fabrikam.net": {"nameSpaceType": "Managed", "isViral": true}};
+        the fixture's realms stay unless named; {"status": 503} makes a domain's lookup fail."""
+        self._call("PUT", "/realms", json=realms)
+
+    def realm_lookups(self) -> list[JsonDict]:
+        """Every userrealm request answered since the last reset (login, apiVersion, authorization, status)."""
+        return cast(list[JsonDict], self._call("GET", "/realms")["lookups"])

@@ -67,7 +67,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running_emulator(
-    users_path: str | Path | None = None, *, port: int = 0, host: str = "127.0.0.1"
+    users_path: str | Path | None = None, *, port: int = 0, host: str = "127.0.0.1", guests: int = 0
 ) -> Iterator[EmulatorHandle]:
     """Run ``python -m tools.graph_emulator`` until the ``with`` block ends."""
     workdir = Path(tempfile.mkdtemp(prefix="graph-emulator-"))
@@ -87,6 +87,8 @@ def running_emulator(
         "--ready-file",
         str(ready_file),
     ]
+    if guests:
+        command += ["--guests", str(guests)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)

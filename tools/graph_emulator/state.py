@@ -124,6 +124,10 @@ SCALAR_FILTERABLE: tuple[str, ...] = (
 )
 COLLECTION_FILTERABLE: tuple[str, ...] = ("otherMails", "proxyAddresses")
 _CANONICAL_FILTER = {p.lower(): p for p in SCALAR_FILTERABLE + COLLECTION_FILTERABLE}
+# endsWith is served (advanced queries only) on these four (learn.microsoft.com/graph/aad-advanced-queries).
+_ENDS_WITH = frozenset({"mail", "otherMails", "userPrincipalName", "proxyAddresses"})
+# ge/le work by default on createdDateTime (the same page's filter table); the emulator has no other range.
+_RANGE_FILTERABLE = {"createddatetime": "createdDateTime"}
 
 _NOT_FOUND = "Resource '{}' does not exist or one of its queried reference-property objects are not present."
 EMAIL_MISMATCH = (
@@ -207,9 +211,31 @@ class BoolOp:
     parts: tuple[FilterNode, ...]
 
 
-FilterNode = Compare | AnyEq | BoolOp
+@dataclass(frozen=True)
+class EndsWith:
+    """``endsWith(prop, 'v')``, or ``prop/any(x:endsWith(x, 'v'))`` on a collection (advanced only)."""
 
-_TOKEN = re.compile(r"\s*(?:('(?:[^']|'')*')|([()/:,])|([A-Za-z_][A-Za-z0-9_]*)|(\S))")
+    prop: str
+    suffix: str
+    collection: bool
+
+
+@dataclass(frozen=True)
+class Range:
+    """``prop ge <datetime>`` / ``prop le <datetime>`` on a date property."""
+
+    prop: str
+    op: str
+    value: datetime
+
+
+FilterNode = Compare | AnyEq | BoolOp | EndsWith | Range
+
+# A datetime literal is unquoted in OData: createdDateTime ge 2024-01-31T00:00:00Z.
+_TOKEN = re.compile(
+    r"\s*(?:('(?:[^']|'')*')|([()/:,])|(\d{4}-\d{2}-\d{2}(?:T[0-9:.]+(?:Z|[+-]\d{2}:\d{2})?)?)"
+    r"|([A-Za-z_][A-Za-z0-9_]*)|(\S))"
+)
 
 
 class FilterSyntaxError(ValueError):
@@ -222,14 +248,16 @@ class _FilterParser:
     def __init__(self, text: str) -> None:
         self.tokens: list[tuple[str, str]] = []
         for m in _TOKEN.finditer(text.strip()):
-            if m.group(4):
-                raise FilterSyntaxError(f"unexpected character {m.group(4)!r}")
+            if m.group(5):
+                raise FilterSyntaxError(f"unexpected character {m.group(5)!r}")
             if m.group(1):
                 self.tokens.append(("str", m.group(1)[1:-1].replace("''", "'")))
             elif m.group(2):
                 self.tokens.append(("punct", m.group(2)))
             elif m.group(3):
-                self.tokens.append(("word", m.group(3)))
+                self.tokens.append(("datetime", m.group(3)))
+            elif m.group(4):
+                self.tokens.append(("word", m.group(4)))
         self.pos = 0
 
     def parse(self) -> FilterNode:
@@ -272,18 +300,47 @@ class _FilterParser:
             self._take("punct", ")")
             return node
         prop = self._take("word")
+        if prop.lower() == "endswith" and self._at("punct", "("):
+            target, suffix = self._ends_with()
+            return EndsWith(target, suffix, collection=False)
         if self.pos < len(self.tokens) and self.tokens[self.pos] == ("punct", "/"):
             self.pos += 1
             self._take("word", "any")
             self._take("punct", "(")
             var = self._take("word").lower()
             self._take("punct", ":")
-            if self._take("word").lower() != var:
+            body = self._take("word")
+            if body.lower() == "endswith" and self._at("punct", "("):
+                target, suffix = self._ends_with()
+                if target.lower() != var:
+                    raise FilterSyntaxError("lambda body must test the lambda variable")
+                self._take("punct", ")")
+                return EndsWith(prop, suffix, collection=True)
+            if body.lower() != var:
                 raise FilterSyntaxError("lambda body must compare the lambda variable")
             values = self._operator_values()
             self._take("punct", ")")
             return AnyEq(prop, values)
+        if self._peek_word() in ("ge", "le"):
+            op = self._take("word").lower()
+            if self.pos >= len(self.tokens) or self.tokens[self.pos][0] != "datetime":
+                raise FilterSyntaxError(f"{op} needs a datetime literal such as 2024-01-31T00:00:00Z")
+            text = self.tokens[self.pos][1]
+            self.pos += 1
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return Range(prop, op, value if value.tzinfo else value.replace(tzinfo=UTC))
         return Compare(prop, self._operator_values())
+
+    def _at(self, kind: str, value: str) -> bool:
+        return self.pos < len(self.tokens) and self.tokens[self.pos] == (kind, value)
+
+    def _ends_with(self) -> tuple[str, str]:
+        self._take("punct", "(")
+        target = self._take("word")
+        self._take("punct", ",")
+        suffix = self._take("str").lower()
+        self._take("punct", ")")
+        return target, suffix
 
     def _operator_values(self) -> tuple[str, ...]:
         op = self._take("word").lower()
@@ -319,6 +376,26 @@ def advanced_properties(node: FilterNode) -> list[str]:
     if isinstance(node, BoolOp):
         return [p for part in node.parts for p in advanced_properties(part)]
     return []
+
+
+def ends_with_properties(node: FilterNode) -> list[str]:
+    """Properties used with ``endsWith``: Graph serves that operator only in advanced queries."""
+    if isinstance(node, EndsWith):
+        return [node.prop]
+    if isinstance(node, BoolOp):
+        return [p for part in node.parts for p in ends_with_properties(part)]
+    return []
+
+
+def _ends_with_unsupported() -> GraphError:
+    # Graph's own wording (learn.microsoft.com/graph/aad-advanced-queries, "Error handling").
+    return GraphError(
+        400,
+        "Request_UnsupportedQuery",
+        "Operator 'endsWith' is not supported because the required parameters might be missing. "
+        "Try adding $count=true query parameter and ConsistencyLevel:eventual header. "
+        "Refer to https://aka.ms/graph-docs/advanced-queries for more information",
+    )
 
 
 def _unsupported_filter(prop: str) -> GraphError:
@@ -436,6 +513,8 @@ class Directory:
                 node = parse_filter(filter_text)
             except FilterSyntaxError as exc:
                 raise GraphError(400, "BadRequest", f"Invalid filter clause: {exc}") from exc
+            if ends_with_properties(node) and not (eventual and count):
+                raise _ends_with_unsupported()
             advanced = advanced_properties(node)
             if advanced and not (eventual and count):
                 raise _unsupported_filter(_CANONICAL_FILTER.get(advanced[0].lower(), advanced[0]))
@@ -601,6 +680,8 @@ class Directory:
         if isinstance(node, BoolOp):
             sets = [self._evaluate(part) for part in node.parts]
             return set.intersection(*sets) if node.op == "and" else set.union(*sets)
+        if isinstance(node, EndsWith | Range):
+            return self._scan(node)
         prop = _CANONICAL_FILTER.get(node.prop.lower())
         collection = prop in COLLECTION_FILTERABLE
         if prop is None or collection != isinstance(node, AnyEq):
@@ -609,6 +690,26 @@ class Directory:
         found: set[str] = set()
         for value in node.values:
             found |= index.get(value, set())
+        return found
+
+    def _scan(self, node: EndsWith | Range) -> set[str]:
+        """Operators without an index here (endsWith, date ranges): a pass over every user."""
+        if isinstance(node, EndsWith):
+            prop = _CANONICAL_FILTER.get(node.prop.lower())
+            if prop not in _ENDS_WITH or (prop in COLLECTION_FILTERABLE) != node.collection:
+                raise _unsupported_filter(node.prop)
+            return {k for k, u in self._users.items() if any(v.endswith(node.suffix) for v in _index_values(u, prop))}
+        if node.prop.lower() not in _RANGE_FILTERABLE:
+            raise _unsupported_filter(node.prop)
+        prop = _RANGE_FILTERABLE[node.prop.lower()]
+        found = set()
+        for key, user in self._users.items():
+            text = user.get(prop)
+            if not isinstance(text, str):
+                continue  # null dates match no range (as in Graph: `eq null` is the only way to them)
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if (value >= node.value) if node.op == "ge" else (value <= node.value):
+                found.add(key)
         return found
 
     def _reindex(self, key: str, user: JsonDict) -> None:

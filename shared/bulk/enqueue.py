@@ -20,7 +20,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from shared.bulk.reader import BulkCsvReader, BulkRow, request_id_for
+from shared.bulk.reader import BulkCsvReader, BulkRow, dry_run_file_id, request_id_for
 from shared.platform.errors import BulkFileChangedError, ResetError, TransientError
 from shared.platform.logs import app_logger
 from shared.platform.settings import Settings
@@ -264,15 +264,18 @@ async def rows_to_send(
     source: str | None = None,
     requested_by: str | None = None,
     on_row: Callable[[BulkRow, str], None] | None = None,
+    dry_run: bool = False,
 ) -> AsyncIterator[tuple[int, str]]:
     """Parse the file again and yield (row, queue message) from ``start_row`` on.
 
     Rows before ``start_row`` were sent by an earlier run: they are counted, not validated.
     ``on_row`` sees every row with its requestId (reports). The bytes must be those that were
     validated: a row that turns invalid, or a different hash at the end, raises
-    BulkFileChangedError.
+    BulkFileChangedError. With ``dry_run`` every message asks for a dry run, under the dry
+    run's own requestIds (``dry_run_file_id``).
     """
-    file_id = sha256[:16]
+    file_id = dry_run_file_id(sha256[:16]) if dry_run else sha256[:16]
+    overrides = {"dryRun": True} if dry_run else {}
     reader = BulkCsvReader(settings=settings, source=source, requested_by=requested_by, validate_from=start_row)
 
     def one(row: BulkRow) -> tuple[int, str] | None:
@@ -283,7 +286,7 @@ async def rows_to_send(
             return None
         if row.request is None:
             raise BulkFileChangedError(f"row {row.row} (line {row.line}) changed since the file was validated")
-        return row.row, canonical_json(row.request, requestId=request_id)
+        return row.row, canonical_json(row.request, requestId=request_id, **overrides)
 
     async for chunk in chunks:
         for row in reader.feed(chunk):
@@ -296,12 +299,15 @@ async def rows_to_send(
         raise BulkFileChangedError("the file changed while it was being sent; submit it again")
 
 
-async def start_progress(store: StatusStore, *, sha256: str, file_name: str, rows: int) -> FileProgress:
-    """The file's progress: what an earlier run left, or a new record (not written yet)."""
-    existing = await load_progress(store, sha256[:16])
+async def start_progress(
+    store: StatusStore, *, sha256: str, file_name: str, rows: int, dry_run: bool = False
+) -> FileProgress:
+    """The file's progress (its dry run's, with ``dry_run``): what an earlier run left, or a new record."""
+    file_id = dry_run_file_id(sha256[:16]) if dry_run else sha256[:16]
+    existing = await load_progress(store, file_id)
     if existing is not None and existing.state is not FileState.REJECTED:
         return replace(existing, rows_total=rows, file_name=existing.file_name or file_name)
-    return FileProgress(sha256[:16], sha256, file_name, FileState.ENQUEUING, rows)
+    return FileProgress(file_id, sha256, file_name, FileState.ENQUEUING, rows)
 
 
 async def record_rejection(store: StatusStore, *, sha256: str, file_name: str, rows: int, problems: int) -> None:

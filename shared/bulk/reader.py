@@ -75,6 +75,12 @@ def file_id_of(sha256_hex: str) -> str:
     return sha256_hex[:16]
 
 
+def dry_run_file_id(file_id: str) -> str:
+    """A dry run of a file has requestIds and progress of its own, so submitting it for real
+    afterwards is a new submission, not one that was "already sent"."""
+    return f"{file_id}-dry"
+
+
 def request_id_for(file_id: str, row: int) -> str:
     """Deterministic: the same file and row always give the same requestId."""
     return f"bulk-{file_id}-{row}"

@@ -1,5 +1,5 @@
-"""guest-reset: the admins' command line for bulk resets, their status and reports, poison triage,
-and one-off resets. Run it as `guest-reset ...` or `python -m tools.cli.main ...`.
+"""guest-reset: the admins' command line for finding who needs a reset, bulk resets, their status and
+reports, poison triage, and one-off resets. Run it as `guest-reset ...` or `python -m tools.cli.main ...`.
 
 Settings come from the environment, then local.settings.json (the environment wins): the same
 ones the function app reads. --api-url/--api-key (or GUEST_RESET_API_URL, GUEST_RESET_API_KEY)
@@ -34,6 +34,7 @@ from shared.platform.errors import (
 from shared.platform.settings import Settings, get_settings, reset_settings
 from shared.reset.contract import canonical_json, validate_request
 from shared.reset.status import Status
+from tools.cli import find
 from tools.cli.api_client import ApiClient
 from tools.cli.output import Output
 from tools.cli.submit import read_receipt, submit_file
@@ -48,7 +49,10 @@ EXIT_CODES = """exit codes:
   3  storage or the API is unreachable (run the same command again: nothing is sent twice)"""
 
 EXAMPLES = {
-    "submit": "guest-reset submit guests.csv\n"
+    "find": "guest-reset find --move-domain fabrikam.net=fabrikam.com -o moves.csv\n"
+    "  guest-reset find --unmanaged -o unmanaged.csv\n"
+    "  guest-reset find --state PendingAcceptance --state-changed-before 90d -o stale-invitations.csv",
+    "submit": "guest-reset submit --dry-run guests.csv\n  guest-reset submit guests.csv\n"
     "  guest-reset submit guests.csv --api-url https://<app>.azurewebsites.net --api-key <function key>",
     "status": "guest-reset status guests.csv.receipt.json --wait\n"
     "  guest-reset status --request-id bulk-0123456789abcdef-7 --json",
@@ -97,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="guest-reset", description=__doc__, formatter_class=fmt, epilog=_epilog(*EXAMPLES))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
+    find.add_parser(commands, [common], formatter_class=fmt, epilog=_epilog("find"))
+
     submit = commands.add_parser(
         "submit",
         parents=[common, api],
@@ -111,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--receipt", type=Path, help="where to write the receipt (default: FILE.receipt.json)")
     submit.add_argument("--requested-by", help="requestedBy for rows that do not say (audit)")
     submit.add_argument("--concurrency", type=int, default=64, help="messages in flight (default 64)")
+    submit.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="send every row as a dry run: the worker checks it and sends nothing; status and report say "
+        "what would happen (its requestIds are its own: submitting the file afterwards is not a repeat)",
+    )
 
     status = commands.add_parser(
         "status",
@@ -173,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user-id", help="the guest's object id")
     who.add_argument("--upn", help="the guest's user principal name")
     who.add_argument("--email", help="the guest's mail or one of its otherMails")
-    reset.add_argument("--new-email", help="the address the guest will redeem with")
+    email = reset.add_mutually_exclusive_group()
+    email.add_argument("--new-email", help="the address the guest will redeem with")
+    email.add_argument("--move-to-domain", metavar="DOMAIN", help="new address: the current mail's name @DOMAIN")
     reset.add_argument("--dry-run", action="store_true", help="every check and Graph read, nothing sent")
     reset.add_argument(
         "--send-invitation-message",
@@ -251,12 +265,13 @@ async def cmd_submit(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"{path} is not a file")
     if not 1 <= args.concurrency <= 256:
         raise UsageError("--concurrency must be between 1 and 256")
-    receipt = args.receipt or path.with_name(path.name + ".receipt.json")
+    suffix = ".dry-run.receipt.json" if args.dry_run else ".receipt.json"
+    receipt = args.receipt or path.with_name(path.name + suffix)
     api = _api(args)
     try:
         settings = _optional_settings() if api else get_settings()
         runtime = None if api else await get_runtime()
-        with out.progress(f"sending {path.name}") as bar:
+        with out.progress(f"{'dry run of' if args.dry_run else 'sending'} {path.name}") as bar:
             result = await submit_file(
                 path,
                 receipt_path=receipt,
@@ -267,6 +282,7 @@ async def cmd_submit(args: argparse.Namespace, out: Output) -> int:
                 concurrency=args.concurrency,
                 on_start=bar.start,
                 on_sent=bar.advance,
+                dry_run=args.dry_run,
             )
     finally:
         if api is not None:
@@ -296,10 +312,13 @@ async def cmd_submit(args: argparse.Namespace, out: Output) -> int:
         out.result(document, "\n".join(lines))
         return EXIT_FAILED
     where = "through the API" if api else "to the queue"
+    what = "dry run(s)" if args.dry_run else "rows"
     text = (
-        f"{path}: {result.rows} rows, {result.sent} sent {where} now, {result.already_sent} sent before; "
+        f"{path}: {result.rows} {what}, {result.sent} sent {where} now, {result.already_sent} sent before; "
         f"receipt {result.receipt}\nfollow them: guest-reset status {result.receipt} --wait"
     )
+    if args.dry_run:
+        text += "\n(dry run: every check and Graph read, no directory change, no invitation)"
     out.result({**result.to_dict(), "valid": True}, text)
     return EXIT_OK
 
@@ -468,6 +487,7 @@ async def cmd_reset(args: argparse.Namespace, out: Output) -> int:
         "userPrincipalName": args.upn,
         "email": args.email,
         "newEmail": args.new_email,
+        "moveToDomain": args.move_to_domain,
         "sendInvitationMessage": args.send_invitation_message,
         "messageLanguage": args.message_language,
         "ticketId": args.ticket_id,
@@ -513,6 +533,7 @@ async def cmd_reset(args: argparse.Namespace, out: Output) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], Awaitable[int]]] = {
+    "find": find.cmd_find,
     "submit": cmd_submit,
     "status": cmd_status,
     "report": cmd_report,

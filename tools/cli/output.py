@@ -54,6 +54,14 @@ class ProgressBar:
         if self._bar is not None and self._task is not None:
             self._bar.advance(self._task, count)
 
+    def count(self, completed: int, total: int | None = None) -> None:
+        """Progress whose total may be unknown (a directory listing): the count grows, the bar pulses."""
+        if self._bar is None:
+            return
+        if self._task is None:
+            self._task = self._bar.add_task(self._description, total=total)
+        self._bar.update(self._task, completed=completed, total=total)
+
     def update(self, completed: int, total: int) -> None:
         if self._bar is None:
             return

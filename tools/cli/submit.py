@@ -53,6 +53,7 @@ class SubmitResult:
     already_sent: int = 0
     receipt: str | None = None
     validation: ValidationSummary | None = None
+    dry_run: bool = False
 
     @property
     def file_id(self) -> str:
@@ -69,6 +70,7 @@ class SubmitResult:
             "sent": self.sent,
             "alreadySent": self.already_sent,
             "receipt": self.receipt,
+            "dryRun": self.dry_run,
         }
 
 
@@ -138,17 +140,20 @@ async def submit_file(
     concurrency: int = CONCURRENCY,
     on_start: Callable[[int, int], None] | None = None,
     on_sent: Callable[[int], None] | None = None,
+    dry_run: bool = False,
 ) -> SubmitResult:
     """Validate ``path`` whole; if valid, send it (to the queue via ``runtime``, or through ``api``).
 
     An invalid file returns state "Invalid" with its problems and sends nothing. ``on_start``
-    gets (rows to send now, rows in the file) before the first message.
+    gets (rows to send now, rows in the file) before the first message. With ``dry_run`` every
+    row goes as a dry run under requestIds of its own: the worker checks it and sends nothing,
+    and submitting the file for real afterwards is not mistaken for a repeat.
     """
     source = default_source(path)
     before = await asyncio.to_thread(path.stat)
     summary = await asyncio.to_thread(validate_file, path, settings=settings, source=source, requested_by=requested_by)
     via = "api" if api is not None else "queue"
-    result = SubmitResult(str(path), summary.sha256, summary.rows, via, "Invalid", validation=summary)
+    result = SubmitResult(str(path), summary.sha256, summary.rows, via, "Invalid", validation=summary, dry_run=dry_run)
     if not summary.valid:
         return result
     after = await asyncio.to_thread(path.stat)
@@ -160,12 +165,23 @@ async def submit_file(
     try:
         if api is not None:
             await _send_through_api(
-                path, summary, api, settings, source, requested_by, receipt, result, on_start, on_sent
+                path, summary, api, settings, source, requested_by, receipt, result, on_start, on_sent, dry_run
             )
         else:
             assert runtime is not None, "submit needs a runtime (queue) or an API client"
             await _send_to_queue(
-                path, summary, runtime, settings, source, requested_by, receipt, result, concurrency, on_start, on_sent
+                path,
+                summary,
+                runtime,
+                settings,
+                source,
+                requested_by,
+                receipt,
+                result,
+                concurrency,
+                on_start,
+                on_sent,
+                dry_run,
             )
     finally:
         result.receipt = str(receipt_path)
@@ -185,8 +201,11 @@ async def _send_to_queue(
     concurrency: int,
     on_start: Callable[[int, int], None] | None,
     on_sent: Callable[[int], None] | None,
+    dry_run: bool,
 ) -> None:
-    progress = await start_progress(runtime.status, sha256=summary.sha256, file_name=path.name, rows=summary.rows)
+    progress = await start_progress(
+        runtime.status, sha256=summary.sha256, file_name=path.name, rows=summary.rows, dry_run=dry_run
+    )
     start_row = progress.rows_sent + 1
     result.already_sent = progress.rows_sent if not progress.done else summary.rows
     result.state = str(progress.state)
@@ -198,6 +217,7 @@ async def _send_to_queue(
         source=source,
         requested_by=requested_by,
         on_row=receipt.add,
+        dry_run=dry_run,
     )
     if progress.done:
         async for _ in rows:  # the receipt still lists every row
@@ -237,6 +257,7 @@ async def _send_through_api(
     result: SubmitResult,
     on_start: Callable[[int, int], None] | None,
     on_sent: Callable[[int], None] | None,
+    dry_run: bool,
 ) -> None:
     result.state = str(FileState.ENQUEUING)
     if on_start is not None:
@@ -265,6 +286,7 @@ async def _send_through_api(
                 source=source,
                 requested_by=requested_by,
                 on_row=receipt.add,
+                dry_run=dry_run,
             )
             async for _row, body in rows:
                 if batch and (len(batch) >= API_BATCH_ROWS or size + len(body) > API_BATCH_BYTES):

@@ -29,7 +29,7 @@ from tools.graph_emulator.runner import EmulatorHandle
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = REPO_ROOT / "samples" / "bulk-resets.sample.csv"
-SUBMIT_KEYS = {"file", "sha256", "fileId", "rows", "via", "state", "sent", "alreadySent", "receipt", "valid"}
+SUBMIT_KEYS = {"file", "sha256", "fileId", "rows", "via", "state", "sent", "alreadySent", "receipt", "valid", "dryRun"}
 INVALID_KEYS = {"file", "valid", "sha256", "fileId", "rows", "invalidRows", "problemCount", "problems", "sent"}
 STATUS_KEYS = {"total", "terminal", "allTerminal", "failed", "byStatus", "byErrorCode", "timedOut", "requests"}
 OUTCOME_KEYS = {"row", "requestId", "status", "errorCode", "errorMessage", "updatedAt"}

@@ -212,3 +212,7 @@ class EmulatorControl:
     def realm_lookups(self) -> list[JsonDict]:
         """Every userrealm request answered since the last reset (login, apiVersion, authorization, status)."""
         return cast(list[JsonDict], self._call("GET", "/realms")["lookups"])
+
+    def realms(self) -> dict[str, JsonDict]:
+        """The realm table by domain: {"nameSpaceType", "isViral", "brand"[, "status"]}."""
+        return cast(dict[str, JsonDict], self._call("GET", "/realms")["realms"])

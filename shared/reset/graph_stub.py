@@ -28,6 +28,7 @@ from shared.platform.errors import (
 from shared.platform.logs import mask_email
 from shared.platform.scripted import ErrorSource, FailureScript
 from shared.reset.graph import USER_SELECT, GuestUser, InvitationBody, SentInvitation
+from shared.reset.graph_sdk import _AMBIGUOUS_STATUSES as AMBIGUOUS_STATUSES
 from shared.reset.graph_sdk import CLOCK_SKEW
 
 T = TypeVar("T")
@@ -42,8 +43,6 @@ HTTP_METHODS: dict[str, str] = {
     "read_user": "GET",
 }
 WRITES = frozenset(name for name, verb in HTTP_METHODS.items() if verb != "GET")
-# Statuses after which the adapter reports a write as possibly applied (graph_sdk._AMBIGUOUS_STATUSES).
-AMBIGUOUS_STATUSES = frozenset({500, 502, 504})
 
 # Graph's own texts for the failures the stub produces (the emulator sends the same ones).
 NOT_FOUND = "Resource '{}' does not exist or one of its queried reference-property objects are not present."

@@ -156,5 +156,5 @@ async def accept(runtime: Runtime, requests: list[tuple[ResetRequest, str]]) -> 
             return await _accept_one(runtime, request, request_id)
 
     receipts = await asyncio.gather(*(one(r, rid) for r, rid in requests))
-    log.info("accepted %d request(s)", len(receipts), extra={"requestId": receipts[0].request_id})
+    log.info("accepted %d request(s), the first %s", len(receipts), receipts[0].request_id)
     return list(receipts)

@@ -34,9 +34,8 @@ async def notify(record: StatusRecord, settings: Settings, *, delays: tuple[floa
     url = record.callback_url
     if not url:
         return False
-    extra = {"requestId": record.request_id}
     if not callback_allowed(url, settings):
-        log.warning("callback host is not on CALLBACK_ALLOWED_HOSTS; not called", extra=extra)
+        log.warning("callback host is not on CALLBACK_ALLOWED_HOSTS; not called")
         return False
     import httpx
 
@@ -46,17 +45,17 @@ async def notify(record: StatusRecord, settings: Settings, *, delays: tuple[floa
             try:
                 response = await client.post(url, json=payload)
                 if response.status_code < 400:
-                    log.info("callback delivered", extra=extra)
+                    log.info("callback delivered")
                     return True
                 if 400 <= response.status_code < 500 and response.status_code not in {408, 429}:
-                    log.warning("callback refused with HTTP %d; not retried", response.status_code, extra=extra)
+                    log.warning("callback refused with HTTP %d; not retried", response.status_code)
                     return False
                 problem = f"HTTP {response.status_code}"
             except httpx.HTTPError as error:
                 problem = type(error).__name__
             if delay is None:
                 break
-            log.info("callback attempt %d failed (%s); retrying", attempt, problem, extra=extra)
+            log.info("callback attempt %d failed (%s); retrying", attempt, problem)
             await asyncio.sleep(delay)
-    log.warning("callback gave up after %d attempts", len(delays) + 1, extra=extra)
+    log.warning("callback gave up after %d attempts", len(delays) + 1)
     return False

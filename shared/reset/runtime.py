@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from shared.platform.logs import configure_logging
 from shared.platform.settings import Settings, get_settings
 from shared.reset.graph import GraphGateway
 from shared.reset.queues import Publisher
@@ -117,6 +118,7 @@ async def get_runtime() -> Runtime:
     async with lock:
         runtime = _runtimes.get(loop)
         if runtime is None:
+            configure_logging()
             runtime = await _factory(get_settings())
             _runtimes[loop] = runtime
     return runtime

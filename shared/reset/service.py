@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.platform.errors import PolicyRefusedError
-from shared.platform.logs import app_logger, mask_email
+from shared.platform.logs import app_logger, bind, mask_email
 from shared.platform.settings import Settings
 from shared.reset import policy
 from shared.reset.contract import ResetRequest
@@ -40,13 +40,12 @@ class ResetService:
         return target
 
     async def run(self, request: ResetRequest, record: StatusRecord) -> StatusRecord:
-        extra = {"requestId": record.request_id, "attempt": record.attempts}
         user = await self._find(request)
+        bind(userId=user.id)
         target = await self._check(request, user)
-        extra.update(userId=user.id, email=mask_email(target))
 
         if request.dry_run:
-            log.info("dry run passed every check", extra=extra)
+            log.info("dry run passed every check for %s", mask_email(target))
             return await self._status.save(
                 record,
                 status=Status.DRY_RUN_PASSED,
@@ -62,7 +61,7 @@ class ResetService:
 
         if request.new_email and (user.mail or "").lower() != request.new_email.lower():
             await self._graph.set_sign_in_email(user, request.new_email)
-            log.info("sign-in email switched", extra=extra)
+            log.info("sign-in email switched to %s", mask_email(request.new_email))
 
         body = InvitationBody.for_request(request, user, target, self._settings)
         # Written before sending: a later delivery then knows an invitation may have gone out
@@ -83,9 +82,8 @@ class ResetService:
             log.warning(
                 "Graph accepted the reset but the user reads back as %s",
                 after.external_user_state,
-                extra=extra,
             )
-        log.info("reset invitation sent", extra={**extra, "invitationId": sent.id})
+        log.info("reset invitation %s sent to %s", sent.id, mask_email(target))
         return await self._status.save(
             record,
             status=Status.SUCCEEDED,

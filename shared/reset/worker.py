@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from shared.platform.errors import InvalidRequestError, ResetError
-from shared.platform.logs import app_logger, mask_email, redact
+from shared.platform.logs import app_logger, bind, bind_request, mask_email, redact, redacted
 from shared.reset.callbacks import callback_allowed, notify
 from shared.reset.contract import (
     load_json_object,
@@ -51,7 +51,22 @@ def _envelope(
 
 
 async def handle_request_message(body: bytes, *, message_id: str, dequeue_count: int) -> None:
-    """Process one delivery of a reset request from the request queue."""
+    """Process one delivery of a reset request from the request queue.
+
+    Every record written meanwhile carries the delivery's context; whatever is raised to the
+    host (which logs it as it is) has its message redacted first.
+    """
+    with bind_request(messageId=message_id, dequeueCount=dequeue_count):
+        try:
+            await _deliver(body, message_id=message_id, dequeue_count=dequeue_count)
+        except ResetError as error:
+            raise redacted(error) from None
+        except Exception as error:
+            log.exception("the delivery crashed; the host will retry it")
+            raise redacted(error) from None
+
+
+async def _deliver(body: bytes, *, message_id: str, dequeue_count: int) -> None:
     runtime = await get_runtime()
     body_hash = message_hash(body)
     try:
@@ -63,22 +78,24 @@ async def handle_request_message(body: bytes, *, message_id: str, dequeue_count:
             )
     except InvalidRequestError as error:
         request_id = request_id_hint(body) or message_id
-        log.warning("invalid request sent to poison: %s", error.message, extra={"requestId": request_id})
+        bind(requestId=request_id, code=error.code)
+        log.warning("invalid request sent to poison: %s", error.message)
         await runtime.publisher.send_poison(_envelope(body, request_id, error, 1, ()))
         return
 
     request_id = request.request_id or message_id
-    extra = {"requestId": request_id, "dequeueCount": dequeue_count, "ticketId": request.ticket_id}
+    bind(requestId=request_id, ticketId=request.ticket_id)
     template = StatusRecord.for_request(request, request_id, Status.PROCESSING, message_hash=body_hash)
     claim = await runtime.status.claim(template, owner=str(uuid.uuid4()))
+    bind(attempt=claim.record.attempts)
     if claim.kind == "finished":
-        log.info("request already %s; duplicate delivery ignored", claim.record.status, extra=extra)
+        log.info("request already %s; duplicate delivery ignored", claim.record.status)
         if dequeue_count > 1:
             # A redelivery of the same message: the result may not have gone out last time.
             await runtime.publisher.send_result(claim.record.public())
         return
     if claim.kind == "busy":
-        log.info("request is being processed by another delivery; this one is dropped", extra=extra)
+        log.info("request is being processed by another delivery; this one is dropped")
         return
 
     record = claim.record
@@ -95,17 +112,17 @@ async def handle_request_message(body: bytes, *, message_id: str, dequeue_count:
 
 
 async def _fail(runtime: Runtime, body: bytes, record: StatusRecord, error: ResetError, dequeue_count: int) -> None:
-    extra = {"requestId": record.request_id, "code": error.code, "attempt": record.attempts}
+    bind(code=error.code)
     last_delivery = dequeue_count >= runtime.settings.max_dequeue_count
     if error.permanent or last_delivery:
         latest = await runtime.status.get(record.request_id) or record
         history = latest.with_event("poisoned", code=error.code, message=error.message)
         await runtime.publisher.send_poison(_envelope(body, record.request_id, error, latest.attempts, history))
         await _release_quietly(runtime, latest, "poisoned", fresh=True, code=error.code, message=error.message)
-        log.warning("request sent to poison: %s", error.message, extra=extra)
+        log.warning("request sent to poison: %s", error.message)
         return
     await _release_quietly(runtime, record, "transientFailure", code=error.code, message=error.message)
-    log.warning("transient failure, the host will redeliver: %s", error.message, extra=extra)
+    log.warning("transient failure, the host will redeliver: %s", error.message)
     raise error
 
 
@@ -120,13 +137,14 @@ async def _release_quietly(
         latest = record if fresh else (await runtime.status.get(record.request_id) or record)
         await runtime.status.release(latest, event, **details)
     except ResetError as error:
-        log.warning("could not release the lease: %s", error.message, extra={"requestId": record.request_id})
+        log.warning("could not release the lease: %s", error.message)
 
 
 async def handle_poison_message(body: bytes, *, message_id: str) -> None:
     """Record Failed and publish the result for a poisoned request. Never raises."""
     try:
-        await _record_poisoned(body, message_id)
+        with bind_request(messageId=message_id):
+            await _record_poisoned(body, message_id)
     except Exception:
         # A poison queue has no poison queue of its own: raising would only make the host
         # redeliver this message forever. Log it loudly and let it go.
@@ -155,10 +173,9 @@ async def _record_poisoned(body: bytes, message_id: str) -> None:
     else:
         existing = await runtime.status.find_by_message_hash(message_hash(body))
         request_id = existing.request_id if existing else f"poison-{message_id}"
+    bind(requestId=request_id, ticketId=existing.ticket_id if existing else None)
     if existing is not None and existing.status in {Status.SUCCEEDED, Status.DRY_RUN_PASSED}:
-        log.info(
-            "poisoned copy of a request that already %s; ignored", existing.status, extra={"requestId": request_id}
-        )
+        log.info("poisoned copy of a request that already %s; ignored", existing.status)
         return
 
     if not error:
@@ -199,7 +216,8 @@ async def _record_poisoned(body: bytes, message_id: str) -> None:
             }
         )
     )
-    log.warning("request failed: %s", final.error_message, extra={"requestId": request_id, "code": final.error_code})
+    bind(code=final.error_code)
+    log.warning("request failed: %s", final.error_message)
     await runtime.publisher.send_result(final.public())
     await notify(final, runtime.settings)
 

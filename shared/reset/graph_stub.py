@@ -5,6 +5,8 @@ same state changes and the same errors, built by the same ``classify_graph_respo
 leaves out on purpose is the SDK adapter's in-process retrying: a scripted failure reaches the
 caller as the adapter would raise it once its retries are spent, so one rule exercises the
 service's and the worker's decisions without waiting. ``call_with_retries`` is tested on its own.
+Not modelled either: address syntax checks (the contract validates addresses first) and Graph's
+replication lag (the emulator's stale reads).
 """
 
 from __future__ import annotations
@@ -190,7 +192,9 @@ class StubGraphGateway:
 
     ``fail``/``fail_status``/``fail_transit`` script failures per method name; ``calls`` records
     every call in order; ``invitations`` lists the reset invitations accepted, and each user's
-    ``invitations`` the ones it received.
+    ``invitations`` the ones it received. A new gateway method is one entry in ``HTTP_METHODS``
+    and one ``return await self._call(name, action, **arguments)``: recording and scripted
+    failures then come with it.
     """
 
     def __init__(self, users: Iterable[DirectoryUser] = (), *, clock: Callable[[], datetime] = _now) -> None:

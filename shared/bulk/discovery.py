@@ -3,9 +3,10 @@ home tenant or a list, and partner domain moves, written as a bulk CSV that ``su
 
 Graph pages are read one after another (a nextLink is only known once its page arrives), so a
 run is as fast as its page count allows: the next page is fetched while this one is matched,
-home realms are looked up once per domain, concurrently, as soon as a page names a new
-domain, and owner checks of moved addresses run beside them. At most a couple of pages are held
-in memory; rows go to the file as they are decided, in Graph's order.
+home realms are looked up once per domain, concurrently, as soon as a page names a new domain,
+and owner checks of moved addresses run beside them. At most a few pages are held in memory;
+rows go to the file as they are decided, in Graph's order, except those whose domain's realm is
+still being looked up: they wait in a spool file and follow once the paging is done.
 
 What Graph filters and what is checked here: ``userType``, ``createdDateTime`` ranges and the
 domain filters (``endsWith`` on ``mail``/``otherMails``, an advanced query) are sent to Graph,
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
@@ -38,7 +40,14 @@ REALM_CONCURRENCY = 16
 OWNER_CONCURRENCY = 8
 LIST_CONCURRENCY = 16
 LIST_PAGE = 200  # listed users are resolved this many at a time
-QUEUED_PAGES = 2  # pages read ahead of the writer: memory stays flat
+# Pages of candidates read ahead of the writer (besides the one being matched, one waiting to be
+# queued and the next one on its way): enough that a first page's home-realm lookups (a first
+# page names most domains) rarely stall the paging, few enough that memory does not grow with
+# the tenant.
+QUEUED_PAGES = 2
+# Moved addresses whose owner check is started but not yet written: more than a page (no
+# deadlock between a reader mid-page and a writer waiting for it), few enough to bound tasks.
+OWNER_BACKLOG = 2048
 
 # The issuer of guests who signed in with an account of another Entra tenant (the one whose
 # home realm can be unmanaged), as Graph shows it in identities[].issuer.
@@ -240,8 +249,8 @@ class Found:
             self.reason,
             guest.mail or "",
             guest.external_user_state or "",
-            _iso(guest.state_changed_at),
-            _iso(guest.created_at),
+            guest.state_changed or "",
+            guest.created or "",
             "|".join(guest.issuers),
             realm.name_space_type if realm else "",
             ("" if realm is None or realm.error else realm.is_viral),
@@ -249,10 +258,6 @@ class Found:
         if conflicts:
             row.append(self.conflict_owner or "")
         return [safe_cell(cell) for cell in row]
-
-
-def _iso(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else ""
 
 
 @dataclass
@@ -299,8 +304,47 @@ class CsvSink:
     def found(self, row: Found) -> None:
         self._found.writerow(row.cells())
 
+    def found_cells(self, cells: list[Any]) -> None:
+        self._found.writerow(cells)
+
     def conflict(self, row: Found) -> None:
         self._conflicts.writerow(row.cells(conflicts=True))
+
+
+class _Spool:
+    """Candidates whose home realm is not known yet, on disk until it is: paging never waits for
+    the login host, and memory does not grow with the rows that wait (``find --unmanaged``)."""
+
+    _REALM_CELLS = (FILE_COLUMNS.index("homeRealm"), FILE_COLUMNS.index("isViral"))
+
+    def __init__(self) -> None:
+        self._file: TextIO | None = None
+        self.rows = 0
+
+    def add(self, row: Found, domain: str) -> None:
+        if self._file is None:
+            # Kept open across calls, closed by close(): a with-block cannot span the run.
+            self._file = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")  # noqa: SIM115
+        csv.writer(self._file, lineterminator="\n").writerow([domain, *row.cells()])
+        self.rows += 1
+
+    def drain(self) -> Iterator[tuple[str, list[str]]]:
+        """(domain, cells) of every spooled row, in the order they came; the realm cells are filled later."""
+        if self._file is None:
+            return
+        self._file.seek(0)
+        for domain, *cells in csv.reader(self._file):
+            yield domain, cells
+
+    @classmethod
+    def with_realm(cls, cells: list[str], realm: HomeRealm) -> list[str]:
+        name, viral = cls._REALM_CELLS
+        cells[name], cells[viral] = realm.name_space_type, "true" if realm.is_viral else "false"
+        return cells
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class _Lookups:
@@ -312,7 +356,11 @@ class _Lookups:
         self._realms: dict[str, asyncio.Task[HomeRealm]] = {}
         self._realm_gate = asyncio.Semaphore(REALM_CONCURRENCY)
         self._owner_gate = asyncio.Semaphore(OWNER_CONCURRENCY)
+        self.owner_backlog = asyncio.Semaphore(OWNER_BACKLOG)
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def realm_of(self, domain: str) -> asyncio.Task[HomeRealm]:
+        return self._realms[domain]
 
     def realm(self, address: str) -> asyncio.Task[HomeRealm]:
         domain = address.rsplit("@", 1)[-1].lower()
@@ -401,6 +449,7 @@ async def find_guests(
     criteria.check()
     summary = FindSummary()
     lookups = _Lookups(directory, summary)
+    spool = _Spool()
     queue: asyncio.Queue[list[_Pending] | None] = asyncio.Queue(maxsize=QUEUED_PAGES)
     total: int | None = None
 
@@ -413,6 +462,14 @@ async def find_guests(
         pages = directory.guest_pages(query)
 
     async def read() -> None:
+        try:
+            await read_pages()
+        finally:  # a run stopped early (--limit, a failure) cancels the page already on its way
+            close = getattr(pages, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def read_pages() -> None:
         nonlocal total
         async for page in pages:
             summary.pages += 1
@@ -430,6 +487,7 @@ async def find_guests(
                 if criteria.unmanaged and guest.mail:
                     item.realm = lookups.realm(guest.mail)
                 if item.row.new_email:
+                    await lookups.owner_backlog.acquire()  # released once the row is written
                     item.owners = lookups.owners(item.row.new_email)
                 pending.append(item)
             await queue.put(pending)
@@ -440,34 +498,54 @@ async def find_guests(
             for item in pending:
                 row = item.row
                 if item.realm is not None:
-                    row.realm = await item.realm
+                    if not item.realm.done():
+                        spool.add(row, row.guest.mail.rsplit("@", 1)[-1].lower() if row.guest.mail else "")
+                        continue
+                    row.realm = item.realm.result()
                     if not row.realm.unmanaged:
                         continue
                 if item.owners is not None:
-                    others = [o for o in await item.owners if o.lower() != row.guest.id.lower()]
+                    owners = await item.owners
+                    lookups.owner_backlog.release()
+                    others = [o for o in owners if o.lower() != row.guest.id.lower()]
                     if others:
                         row.conflict_owner = others[0]
                         summary.conflicts += 1
                         sink.conflict(row)
                         continue
-                summary.matched += 1
-                summary.by_reason[row.reason] += 1
-                sink.found(row)
-                if criteria.limit is not None and summary.matched >= criteria.limit:
-                    summary.limit_reached = True
+                if found(row.reason):
+                    sink.found(row)
+                else:
                     reader.cancel()  # no more pages: the limit is reached
                     return
             if on_page is not None:
                 on_page(summary.read, total)
 
+    def found(reason: str) -> bool:
+        """Count one more row; False once --limit is reached (the row is not written then)."""
+        if criteria.limit is not None and summary.matched >= criteria.limit:
+            summary.limit_reached = True
+            return False
+        summary.matched += 1
+        summary.by_reason[reason] += 1
+        return True
+
     try:
         async with asyncio.TaskGroup() as group:
             reader = group.create_task(read())
             group.create_task(write(reader))
+        # The rows that waited for their domain's home realm, decided now that the paging is done.
+        for domain, cells in spool.drain():
+            realm = await lookups.realm_of(domain)
+            if realm.unmanaged:
+                if not found(cells[FILE_COLUMNS.index("reason")]):
+                    break
+                sink.found_cells(_Spool.with_realm(cells, realm))
     except BaseExceptionGroup as failure:
         raise failure.exceptions[0] from None
     finally:
         lookups.cancel()
+        spool.close()
     if on_page is not None:
         on_page(summary.read, total)
     return summary

@@ -111,3 +111,22 @@ async def test_an_unreadable_realm_answer_is_never_unmanaged(response: httpx.Res
     realm = await gateway.home_realm("a@odd.example")
     await gateway.aclose()
     assert not realm.unmanaged and len(wire.requests) == calls
+
+
+async def test_a_next_link_read_early_is_checked_against_the_parsed_page() -> None:
+    """The next request goes out from the page's head; if the whole page says otherwise, the page wins."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        token = request.url.params.get("$skiptoken")
+        if token is None:  # duplicate keys: the head names A, the parsed page (last key wins) names B
+            body = (
+                '{"@odata.nextLink": "'
+                + GRAPH
+                + '/users?$skiptoken=A", "value": [{"id": "first", "userType": "Guest"}],'
+                ' "@odata.nextLink": "' + GRAPH + '/users?$skiptoken=B"}'
+            )
+            return httpx.Response(200, content=body.encode())
+        return page([{"id": f"from-{token}", "userType": "Guest"}])
+
+    wire = Wire(answer)
+    assert await collect(directory(wire), GuestQuery("userType eq 'Guest'")) == ["first", "from-B"]

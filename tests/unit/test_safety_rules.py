@@ -156,3 +156,31 @@ async def test_the_email_switch_happens_before_the_invitation_and_keeps_old_addr
     )
     assert [c.method for c in graph.writes] == ["set_sign_in_email", "reset_redemption"]
     assert graph.invitations[0].body.email == "adele@fabrikam.example"
+
+
+async def test_move_to_domain_switches_to_the_mail_name_in_the_new_domain() -> None:
+    """moveToDomain is an email switch to <local part of mail>@<domain>: PATCH, then the invitation there."""
+    graph = StubGraphGateway([directory_user()])
+    record, _ = await run(graph, request(moveToDomain="contoso-renamed.example"))
+    assert record.status is Status.SUCCEEDED
+    assert graph.user(GUEST_ID).mail == "adele.vance@contoso-renamed.example"
+    assert [c.method for c in graph.writes] == ["set_sign_in_email", "reset_redemption"]
+    assert graph.invitations[0].body.email == "adele.vance@contoso-renamed.example"
+
+
+@pytest.mark.parametrize(
+    ("user", "owners", "settings_overrides", "code"),
+    [
+        (directory_user(), [internal_user(id=OTHER_ID, mail="adele.vance@taken.example")], {}, "EmailInUse"),
+        (directory_user(), [], {"BLOCKED_EMAIL_DOMAINS": "taken.example"}, "EmailDomainBlocked"),
+        (directory_user(), [], {"ALLOWED_EMAIL_DOMAINS": "contoso.com"}, "EmailDomainNotAllowed"),
+        (directory_user(mail=None, other_mails=["adele@contoso.com"]), [], {}, "NoEmailOnUser"),
+    ],
+    ids=["owned", "blocked", "not-allowed", "no-mail"],
+)
+async def test_move_to_domain_obeys_every_email_switch_rule(
+    user: DirectoryUser, owners: list[DirectoryUser], settings_overrides: dict[str, str], code: str
+) -> None:
+    """The computed address is checked exactly as a given newEmail; a guest without mail has nothing to move."""
+    graph = StubGraphGateway([user, *owners])
+    assert await refused(graph, request(moveToDomain="taken.example"), **settings_overrides) == code

@@ -335,20 +335,25 @@ def _list_users(directory: Directory, call: _Call) -> web.Response:
                 f"Invalid page size specified: '{top_text}'. Must be between 1 and 999 inclusive.",
             )
         page_size = int(top_text)
-    users = directory.list_users(
-        filter_text=_query_value(query, "filter"), select=select, eventual=eventual, count=count
-    )
     # The skip token is the emulator's own format (an offset); Graph's is opaque.
     skip_text = query.get("$skiptoken") or "0"
     offset = int(skip_text) if skip_text.isdigit() else 0
+    matches, users = directory.list_users_page(
+        filter_text=_query_value(query, "filter"),
+        select=select,
+        eventual=eventual,
+        count=count,
+        offset=offset,
+        size=page_size,
+    )
     ctx = f"users({select})" if select else "users"
     payload: JsonDict = {"@odata.context": f"{call.base}/$metadata#{ctx}"}
     if count:
-        payload["@odata.count"] = len(users)
-    if offset + page_size < len(users):
+        payload["@odata.count"] = matches
+    if offset + page_size < matches:
         next_query = {**query, "$skiptoken": str(offset + page_size)}
         payload["@odata.nextLink"] = f"{call.base}/users?{urlencode(next_query)}"
-    payload["value"] = users[offset : offset + page_size]
+    payload["value"] = users
     return call.reply.json(200, payload)
 
 

@@ -202,7 +202,11 @@ class EmulatorControl:
         """Replace the directory with the fixture (unless told not to) plus ``guests`` generated guests,
         and the realm table with their domains' realms (``tools.graph_emulator.tenant``)."""
         body = {"guests": guests, "seed": seed, "domains": domains, "keepFixture": keep_fixture}
-        return cast(JsonDict, self._call("POST", "/tenant", json=body))
+        # Generating and indexing tens of thousands of users takes seconds: a longer wait than other calls.
+        response = self._http.post("/tenant", json=body, timeout=max(30.0, guests / 500))
+        if response.status_code >= 400:
+            raise EmulatorControlError(f"POST /_emulator/tenant -> {response.status_code}: {response.text}")
+        return cast(JsonDict, response.json())
 
     def set_realms(self, realms: dict[str, JsonDict]) -> None:
         """Home realms by domain, e.g. {"fabrikam.net": {"nameSpaceType": "Managed", "isViral": true}};

@@ -40,10 +40,10 @@ REALM_CONCURRENCY = 16
 OWNER_CONCURRENCY = 8
 LIST_CONCURRENCY = 16
 LIST_PAGE = 200  # listed users are resolved this many at a time
-# Pages of candidates read ahead of the writer (besides the one being matched, one waiting to be
-# queued and the next one on its way): enough that a first page's home-realm lookups (a first
-# page names most domains) rarely stall the paging, few enough that memory does not grow with
-# the tenant.
+# Pages of candidates read ahead of the writer (besides the one being written, one waiting to be
+# queued and the next one on its way). The writer waits only for owner checks of moved
+# addresses (rows waiting for a home realm go to the spool), so a little read-ahead suffices,
+# and memory does not grow with the tenant.
 QUEUED_PAGES = 2
 # Moved addresses whose owner check is started but not yet written: more than a page (no
 # deadlock between a reader mid-page and a writer waiting for it), few enough to bound tasks.

@@ -60,6 +60,7 @@ def tenant(
 ) -> Iterator[EmulatorHandle]:
     """2,000 guests (generated, plus the partner's), the app running, and the CLI pointed at the same storage."""
     control = emulator.control
+    control.reset()  # the session's emulator: earlier tests' invitations must not count here
     control.generate_tenant(2000 - MOVERS, seed=5)
     control.set_users([*control.users(), *(mover(i) for i in range(MOVERS)), *(owner(i) for i in TAKEN)])
     env = isolated_env(azurite.connection_string, emulator.base_url, GRAPH_WRITES_PER_SECOND="100")

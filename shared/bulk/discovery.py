@@ -6,7 +6,8 @@ run is as fast as its page count allows: the next page is fetched while this one
 home realms are looked up once per domain, concurrently, as soon as a page names a new domain,
 and owner checks of moved addresses run beside them. At most a few pages are held in memory;
 rows go to the file as they are decided, in Graph's order, except those whose domain's realm is
-still being looked up: they wait in a spool file and follow once the paging is done.
+still being looked up: they wait in a spool file and follow once the realms asked so far are
+answered (or the paging is done).
 
 What Graph filters and what is checked here: ``userType``, ``createdDateTime`` ranges and the
 domain filters (``endsWith`` on ``mail``/``otherMails``, an advanced query) are sent to Graph,
@@ -329,12 +330,15 @@ class _Spool:
         self.rows += 1
 
     def drain(self) -> Iterator[tuple[str, list[str]]]:
-        """(domain, cells) of every spooled row, in the order they came; the realm cells are filled later."""
-        if self._file is None:
+        """(domain, cells) of every spooled row, in the order they came, then an empty spool."""
+        if self._file is None or not self.rows:
             return
         self._file.seek(0)
         for domain, *cells in csv.reader(self._file):
             yield domain, cells
+        self._file.seek(0)
+        self._file.truncate()
+        self.rows = 0
 
     @classmethod
     def with_realm(cls, cells: list[str], realm: HomeRealm) -> list[str]:
@@ -361,6 +365,9 @@ class _Lookups:
 
     def realm_of(self, domain: str) -> asyncio.Task[HomeRealm]:
         return self._realms[domain]
+
+    def realms_answered(self) -> bool:
+        return all(task.done() for task in self._realms.values())
 
     def realm(self, address: str) -> asyncio.Task[HomeRealm]:
         domain = address.rsplit("@", 1)[-1].lower()
@@ -518,8 +525,23 @@ async def find_guests(
                 else:
                     reader.cancel()  # no more pages: the limit is reached
                     return
+            # Every realm asked so far is answered: the spooled rows go out now, during the
+            # paging, not after its last page.
+            if spool.rows and lookups.realms_answered() and not await flush_spool():
+                reader.cancel()
+                return
             if on_page is not None:
                 on_page(summary.read, total)
+
+    async def flush_spool() -> bool:
+        """Write the spooled rows whose realm says unmanaged; False once --limit is reached."""
+        for domain, cells in spool.drain():
+            realm = await lookups.realm_of(domain)
+            if realm.unmanaged:
+                if not found(cells[FILE_COLUMNS.index("reason")]):
+                    return False
+                sink.found_cells(_Spool.with_realm(cells, realm))
+        return True
 
     def found(reason: str) -> bool:
         """Count one more row; False once --limit is reached (the row is not written then)."""
@@ -534,13 +556,9 @@ async def find_guests(
         async with asyncio.TaskGroup() as group:
             reader = group.create_task(read())
             group.create_task(write(reader))
-        # The rows that waited for their domain's home realm, decided now that the paging is done.
-        for domain, cells in spool.drain():
-            realm = await lookups.realm_of(domain)
-            if realm.unmanaged:
-                if not found(cells[FILE_COLUMNS.index("reason")]):
-                    break
-                sink.found_cells(_Spool.with_realm(cells, realm))
+        # The rows still waiting for their domain's home realm, decided now that the paging is done.
+        if not summary.limit_reached:
+            await flush_spool()
     except BaseExceptionGroup as failure:
         raise failure.exceptions[0] from None
     finally:

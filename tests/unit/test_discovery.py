@@ -251,3 +251,12 @@ async def test_listed_users_are_read_by_id_or_address_and_misses_reported() -> N
     assert [r[0] for r in rows(found)] == [guests[0].id, guests[1].id]
     assert {r[2] for r in rows(found)} == {"Listed"}
     assert summary.to_dict()["notFound"] == ["n***y@nowhere.example"] and summary.not_guests == 1
+
+
+async def test_spooled_rows_count_toward_the_limit_while_pages_are_still_read() -> None:
+    """Rows that waited for a realm are written as soon as realms are answered, and --limit stops the paging."""
+    viral = {"v.example": HomeRealm("v.example", "Managed", True)}
+    directory = MemoryDirectory([guest(i, "v.example") for i in range(1, 121)], page_size=3, realms=viral)
+    summary, found, _ = await run(directory, FindCriteria(unmanaged=True, limit=5))
+    assert len(rows(found)) == 5 and summary.limit_reached and summary.matched == 5
+    assert directory.pages_served < 40

@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from shared.platform.errors import (
-    ResetError,
+    GraphRequestError,
     TransientError,
     UserNotFoundError,
     classify_graph_response,
@@ -276,12 +276,17 @@ class GraphGuestDirectory:
 
         return await call_with_retries(attempt, policy=self._policy, budget=self._budget, what=what)
 
+    def _on_graph_host(self, link: str) -> bool:
+        parts = urlsplit(link)
+        return (parts.scheme, parts.netloc) == self._graph_origin
+
     def _next_link(self, link: str) -> str:
         # The token goes only to the Graph host the settings name, whatever a response says.
-        parts = urlsplit(link)
-        if (parts.scheme, parts.netloc) != self._graph_origin:
-            raise ResetError(
-                f"Graph's @odata.nextLink points to {parts.netloc}, not to the Graph host", code="GraphBadNextLink"
+        if not self._on_graph_host(link):
+            raise GraphRequestError(
+                f"Graph's @odata.nextLink points to {urlsplit(link).netloc}, not to the Graph host; "
+                "the listing stops there (the token is not sent elsewhere)",
+                code="GraphBadNextLink",
             )
         return link
 
@@ -309,6 +314,8 @@ class GraphGuestDirectory:
             while fetching is not None:
                 raw = await fetching
                 peeked = _peek_next_link(raw)
+                if peeked is not None and not self._on_graph_host(peeked):
+                    peeked = None  # the parsed page decides (and refuses it if it says the same)
                 fetching = fetch(peeked) if peeked else None
                 # Parsed in a worker thread: the event loop sends the next request meanwhile
                 # (parsing here would hold it until this page's 30-50 ms of CPU are done).
@@ -398,7 +405,10 @@ def _peek_next_link(raw: bytes) -> str | None:
     match = _NEXT_LINK.search(head, 0, value_at if value_at >= 0 else len(head))
     if match is None:
         return None
-    link = json.loads(match.group(1))
+    try:
+        link = json.loads(match.group(1))
+    except ValueError:
+        return None
     return link if isinstance(link, str) and link else None
 
 

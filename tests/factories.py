@@ -62,6 +62,9 @@ def isolated_env(connection_string: str, graph_base_url: str, **overrides: str) 
         "GRAPH_RETRY_DELAYS": "0.05,0.1",
         "GRAPH_MAX_ATTEMPTS": "4",
         "GRAPH_WRITES_PER_SECOND": "50",
+        # Pacing is shown by its own tests; elsewhere it would only slow the suite down.
+        "INVITATIONS_PER_MINUTE": "6000",
+        "BREAKER_HOLD_SECONDS": "1",
     }
     values.update(overrides)
     return values

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from shared.platform.logs import configure_logging
 from shared.platform.settings import Settings, get_settings
+from shared.reset.breaker import GateStore, InvitationGate
 from shared.reset.graph import GraphGateway
 from shared.reset.queues import Publisher
 from shared.reset.status import StatusStore
@@ -25,11 +26,13 @@ class Runtime:
     graph: GraphGateway
     status: StatusStore
     publisher: Publisher
+    gate: InvitationGate
 
     async def aclose(self) -> None:
         await self.graph.aclose()
         await self.status.aclose()
         await self.publisher.aclose()
+        await self.gate.store.aclose()
 
 
 # One budget per process: every concurrent reset in this worker shares it.
@@ -57,6 +60,7 @@ async def build_runtime(settings: Settings) -> Runtime:
             poison=queue_client(settings.storage, settings.poison_queue),
             requests=queue_client(settings.storage, settings.request_queue),
         ),
+        gate=InvitationGate(GateStore(table_client(settings.storage, settings.status_table)), settings),
     )
     await runtime.status.ensure()
     await runtime.publisher.ensure()

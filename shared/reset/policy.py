@@ -64,7 +64,10 @@ def choose_target(request: ResetRequest, user: GuestUser) -> str:
         return request.email
     if user.mail:
         return user.mail
-    others = list({address.lower(): address for address in user.other_mails}.values())
+    distinct: dict[str, str] = {}
+    for address in user.other_mails:
+        distinct.setdefault(address.lower(), address)
+    others = list(distinct.values())
     if len(others) == 1:
         return others[0]
     if others:

@@ -43,7 +43,9 @@ MAX_PACING_SLEEP = 30.0
 SLOT_GRACE = timedelta(seconds=60)
 # Queue messages cannot stay invisible longer than 7 days.
 MAX_DELAY = 7 * 24 * 3600 - 60.0
-RESERVE_ATTEMPTS = 20
+# Optimistic updates of the one pacing entity: enough attempts, with growing jitter, for a whole
+# scaled-out fleet reserving at once.
+RESERVE_ATTEMPTS = 50
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class GateStore:
         from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError
         from azure.data.tables import UpdateMode
 
-        for _ in range(RESERVE_ATTEMPTS):
+        for attempt in range(RESERVE_ATTEMPTS):
             entity, etag = await self._get(PACER_ROW)
             free = parse_iso_time(entity.get("NextSlot")) if entity else None
             slot = max(now, free) if free else now
@@ -148,7 +150,7 @@ class GateStore:
                     )
             except (ResourceExistsError, ResourceModifiedError):
                 # Another instance took a slot first; read again. The jitter de-syncs a crowd.
-                await asyncio.sleep(random.uniform(0, 0.05))
+                await asyncio.sleep(random.uniform(0, 0.01 * (attempt + 1)))
                 continue
             except AzureError as error:
                 raise _storage_error("reserving an invitation slot", error) from error

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
-from shared.platform.errors import BREAKER_CODES, GraphRequestError, TransientError
+from shared.platform.errors import BREAKER_CODES, GraphRequestError, HoldError, TransientError
 from shared.platform.logs import app_logger, bind, mask_email
 from shared.platform.settings import Settings
 from shared.reset import policy
@@ -122,9 +122,9 @@ class ResetService:
         if patched:
             await self._switch_email(user, target)
 
-        default_redirect = self._settings.my_apps_url(
-            None if request.invite_redirect_url or self._settings.invite_redirect_url else await self._graph.tenant_id()
-        )
+        explicit = request.invite_redirect_url or self._settings.invite_redirect_url
+        token_tenant = None if explicit or self._settings.tenant_id else await self._graph.tenant_id()
+        default_redirect = self._settings.my_apps_url(token_tenant)
         body = InvitationBody.for_request(request, user, target, self._settings, default_redirect=default_redirect)
         if self._gate is not None:
             record = await self._gate.pace(record, self._status)
@@ -140,7 +140,12 @@ class ResetService:
             invite_slot=None,
             send_invitation_message=body.send_message,
         )
-        sent = await self._invite(record.request_id, body, sent_after=earlier_attempt, patched=patched)
+        try:
+            sent = await self._invite(record.request_id, body, sent_after=earlier_attempt, patched=patched)
+        except HoldError:
+            # Graph refused this send outright (the block): no invitation went out in this delivery.
+            await self._status.save(record, invite_started_at=earlier_attempt)
+            raise
         after = await self._graph.read_user(user.id)
         verified = after.external_user_state == "PendingAcceptance"
         if not verified:

@@ -88,15 +88,18 @@ def stub_runtime(
     from shared.platform.storage_stub import MemoryQueue, MemoryTable
     from shared.reset.graph_stub import StubGraphGateway
 
+    table = table or MemoryTable(settings.status_table)
     return Runtime(
         settings=settings,
-        graph=graph or StubGraphGateway(),
-        status=StatusStore(table or MemoryTable(settings.status_table)),
+        graph=graph or StubGraphGateway(role_check=settings.role_check),
+        status=StatusStore(table),
         publisher=Publisher(
             results=results or MemoryQueue(settings.result_queue),
             poison=poison or MemoryQueue(settings.poison_queue),
             requests=requests or MemoryQueue(settings.request_queue),
         ),
+        # The breaker's and the pacer's entities live in the same (in-memory) status table.
+        gate=InvitationGate(GateStore(table), settings),
     )
 
 

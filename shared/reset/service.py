@@ -16,11 +16,6 @@ from shared.reset.status import Status, StatusRecord, StatusStore, utcnow
 
 log = app_logger()
 
-# After our own email switch, Graph's invitation service may still check the old addresses
-# (replication): its "doesn't match any emails on the user object" 400 is then retried this
-# many times in the delivery, waiting MISMATCH_DELAYS between sends (docs/graph.md).
-MISMATCH_DELAYS = (2.0, 5.0, 10.0)
-
 
 class ResetService:
     """Runs one claimed request to its outcome and records it; raises ResetError on failure.
@@ -35,14 +30,11 @@ class ResetService:
         graph: GraphGateway,
         status: StatusStore,
         gate: InvitationGate | None = None,
-        *,
-        mismatch_delays: tuple[float, ...] = MISMATCH_DELAYS,
     ) -> None:
         self._settings = settings
         self._graph = graph
         self._status = status
         self._gate = gate
-        self._mismatch_delays = mismatch_delays
 
     async def _find(self, request: ResetRequest) -> GuestUser:
         return await self._graph.find_user(
@@ -71,8 +63,13 @@ class ResetService:
     async def _invite(
         self, request_id: str, body: InvitationBody, *, sent_after: datetime | None, patched: bool
     ) -> SentInvitation:
-        """Send the invitation; a refusal for the whole tenant opens the breaker and holds this request."""
-        delays = self._mismatch_delays if patched else ()
+        """Send the invitation; a refusal for the whole tenant opens the breaker and holds this request.
+
+        After our own email switch Graph's invitation service may still check the old addresses
+        (replication): its "doesn't match any emails on the user object" 400 is then retried in
+        this delivery on the GRAPH_RETRY_DELAYS schedule (docs/graph.md).
+        """
+        delays = self._settings.graph_retry_delays if patched else ()
         attempt = 0
         while True:
             try:

@@ -117,8 +117,16 @@ async def test_switch_with_replication_lag_waits_and_sends_one_invitation(app: A
     assert len(reads_between) >= 2, "the address was read back until it showed"
 
 
-async def test_email_mismatch_after_our_own_switch_is_retried_in_the_delivery(app: App) -> None:
+async def test_email_mismatch_after_our_own_switch_is_retried_in_the_delivery(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Reads see the new address but the invitation service lags: its 400 is retried, one invitation goes out."""
+    from shared.platform.settings import reset_settings
+    from shared.reset.runtime import close_runtime
+
+    monkeypatch.setenv("GRAPH_RETRY_DELAYS", "0.5,1,2")  # the retries outlast the emulator's 1 s lag
+    reset_settings()
+    await close_runtime()
     app.graph.set_replication_lag(1.0, reads=False, index=False, invitations=True)
     await app.deliver({"userId": BRIAN, "newEmail": "brian@new.example", "requestId": "mismatch"})
     record = await app.status("mismatch")

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reset one guest now, in this process (needs storage and Graph rights, e.g. az login)",
         description="Run the worker's pipeline for one request in this process: the same checks, status "
         "record and result message as a queued request. Against Azure it signs in with "
-        "DefaultAzureCredential (az login) and needs User.ReadWrite.All.",
+        "DefaultAzureCredential (az login) and needs User.ReadWrite.All and RoleManagement.Read.Directory.",
     )
     who = reset.add_mutually_exclusive_group(required=True)
     who.add_argument("--user-id", help="the guest's object id")

@@ -51,6 +51,8 @@ def main() -> int:
             "AzureWebJobsStorage": azurite.connection_string,
             "GRAPH_BASE_URL": graph.base_url,
             "FUNCTIONS_WORKER_RUNTIME": "python",
+            # The production pace (6 a minute) would make the demo wait for its invitation slots.
+            "INVITATIONS_PER_MINUTE": "600",
         }
         with running_devhost(REPO_ROOT, env=env) as host:
             console.print(f"local runner at {host.base_url} (function_app.py)")

@@ -13,8 +13,9 @@ import json
 import uuid
 from typing import Any
 
-from shared.platform.errors import InvalidRequestError, ResetError
+from shared.platform.errors import HoldError, InvalidRequestError, ResetError
 from shared.platform.logs import app_logger, bind, bind_request, mask_email, redact, redacted
+from shared.reset.breaker import hold_delivery
 from shared.reset.callbacks import callback_allowed, notify
 from shared.reset.contract import (
     load_json_object,
@@ -100,7 +101,10 @@ async def _deliver(body: bytes, *, message_id: str, dequeue_count: int) -> None:
 
     record = claim.record
     try:
-        final = await ResetService(runtime.settings, runtime.graph, runtime.status).run(request, record)
+        final = await ResetService(runtime.settings, runtime.graph, runtime.status, runtime.gate).run(request, record)
+    except HoldError as error:
+        await hold_delivery(runtime, request, request_id, error)
+        return
     except ResetError as error:
         await _fail(runtime, body, record, error, dequeue_count)
         return

@@ -131,10 +131,11 @@ def enabled() -> bool:
     return bool(_enabled)
 
 
-def reset() -> None:
-    """Forget the decision and the instruments (tests install their own providers)."""
+def reset(*, enabled: bool | None = None) -> None:
+    """Forget the decision and the instruments (tests install their own providers); ``enabled``
+    decides in advance (False: off again, whatever providers are installed)."""
     global _enabled, _tracer
-    _enabled = None
+    _enabled = enabled
     _tracer = None
     _instruments.clear()
 

@@ -33,8 +33,9 @@ async def observe_backlog() -> Backlog:
     runtime = await get_runtime()
     depth = await runtime.publisher.poison_depth()
     cutoff = iso_time(utcnow() - STUCK_AFTER)
+    # The SDK substitutes @name only when a space follows it, hence "@processing )".
     stuck = await runtime.status.query(
-        "RowKey eq @row and (Status eq @accepted or Status eq @processing) and UpdatedAt lt @cutoff",
+        "RowKey eq @row and (Status eq @accepted or Status eq @processing ) and UpdatedAt lt @cutoff",
         {"row": ROW_KEY, "accepted": str(Status.ACCEPTED), "processing": str(Status.PROCESSING), "cutoff": cutoff},
         STUCK_COUNT_LIMIT,
     )

@@ -52,7 +52,7 @@ def providers() -> Otel:
     trace.set_tracer_provider(tracer_provider)
     reader = InMemoryMetricReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
-    logs = InMemoryLogRecordExporter()
+    logs = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     logger_provider = LoggerProvider()
     logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
     _logs.set_logger_provider(logger_provider)
@@ -79,8 +79,10 @@ def points(otel: Otel, name: str) -> list[tuple[dict[str, Any], float]]:
             for metric in scope.metrics:
                 if metric.name == name:
                     for point in metric.data.data_points:
+                        # Counters and gauges carry a value; histograms count their observations.
                         value = getattr(point, "value", None)
-                        found.append((dict(point.attributes or {}), float(value if value is not None else point.count)))
+                        count = getattr(point, "count", 0)
+                        found.append((dict(point.attributes or {}), float(value if value is not None else count)))
     return found
 
 

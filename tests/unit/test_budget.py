@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shared.platform.errors import TransientError
-from shared.reset.budget import Grant, LocalLedger, WriteBudget, schedule
+from shared.platform.fleet import FleetState
+from shared.platform.storage_stub import MemoryTable
+from shared.reset.budget import Grant, LocalLedger, TableLedger, WriteBudget, schedule
 
 
 class FakeClock:
@@ -165,5 +167,67 @@ async def test_a_failed_lease_fails_the_writes_waiting_for_it() -> None:
             raise TransientError("state table unavailable", code="StorageUnavailable")
 
     budget = WriteBudget(10, ledger=DownLedger(10))
+    results = await asyncio.gather(*(budget.acquire_write() for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, TransientError) and r.code == "StorageUnavailable" for r in results)
+
+
+# --- the shared schedule in a table (the in-memory table double: ETags, one loop yield per call) ----
+
+
+def fleet_of(table: MemoryTable, rate: float, burst: int, clock: FakeClock) -> tuple[WriteBudget, FleetState]:
+    """One instance: its own FleetState over the shared table, as each process has its own client."""
+    state = FleetState(table)
+    ledger = TableLedger(state, rate, burst, clock=clock)
+    return WriteBudget(rate, burst=burst, ledger=ledger, clock=clock, sleep=clock.sleep), state
+
+
+async def test_concurrent_changes_to_one_entity_lose_nothing() -> None:
+    """Read-modify-write races between instances: each change lands exactly once; conflicts are retried."""
+    table = MemoryTable("GuestResetState")
+    first, second = FleetState(table), FleetState(table)
+
+    def increment(values: dict[str, object]) -> tuple[dict[str, object], None]:
+        return {"Count": int(str(values.get("Count", 0))) + 1}, None
+
+    await asyncio.gather(*(state.update("counter", increment) for state in (first, second) for _ in range(8)))
+    assert (await first.read("counter"))["Count"] == 16
+    assert first.ops.conflicts + second.ops.conflicts > 0
+
+
+async def test_instances_sharing_the_table_stay_within_the_budget(clock: FakeClock) -> None:
+    """Three instances, one entity: together within burst + rate per second, at a fraction of an operation per write."""
+    table = MemoryTable("GuestResetState")
+    instances = [fleet_of(table, 18, 15, clock) for _ in range(3)]
+    sent: list[float] = []
+
+    async def write(budget: WriteBudget) -> None:
+        await budget.acquire_write()
+        sent.append(clock.now)
+
+    await asyncio.gather(*(write(budget) for budget, _ in instances for _ in range(40)))
+    assert len(sent) == 120
+    assert most_in_any_window(sent, 1.0) <= 15 + 18
+    assert max(sent) - min(sent) >= (120 - 15) / 18 - 1e-6
+    operations = sum(state.ops.total for _, state in instances)
+    assert operations / len(sent) < 0.5, f"{operations} storage operations for {len(sent)} writes"
+
+
+async def test_a_pause_reaches_the_other_instances_through_the_table(clock: FakeClock) -> None:
+    """A 429 on one instance: another instance's next write waits until the Retry-After has passed."""
+    table = MemoryTable("GuestResetState")
+    (seen_429, _), (other, _) = fleet_of(table, 18, 15, clock), fleet_of(table, 18, 15, clock)
+    await other.acquire_write()
+    seen_429.pause(3.0)
+    until = clock.now + 3.0
+    await seen_429.settled()
+    await other.acquire_write()
+    assert clock.now >= until
+
+
+async def test_storage_down_fails_the_waiting_writes_transiently() -> None:
+    """The state table unreachable: the writes waiting get StorageUnavailable (the delivery is retried)."""
+    table = MemoryTable("GuestResetState")
+    table.fail("get_entity", times=None)
+    budget = WriteBudget(10, ledger=TableLedger(FleetState(table), 10, 1))
     results = await asyncio.gather(*(budget.acquire_write() for _ in range(3)), return_exceptions=True)
     assert all(isinstance(r, TransientError) and r.code == "StorageUnavailable" for r in results)

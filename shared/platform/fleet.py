@@ -126,6 +126,23 @@ class FleetState:
             return answer
         raise TransientError(f"app-wide state {key!r} kept changing under us", code="StorageUnavailable")
 
+    async def merge(self, key: str, values: dict[str, Any]) -> None:
+        """Set some properties without reading first: one operation, never a conflict.
+
+        For news that must spread fast and may overwrite a concurrent change (a pause: if two
+        instances pause at the same moment, one Retry-After wins and the other instance keeps
+        its own longer pause locally). Optimistic writers of the entity see the new ETag and
+        re-read, so nothing they write drops these values.
+        """
+        from azure.core.exceptions import AzureError
+        from azure.data.tables import UpdateMode
+
+        try:
+            await self._table.upsert_entity({"PartitionKey": PARTITION, "RowKey": key, **values}, mode=UpdateMode.MERGE)
+        except AzureError as error:
+            raise _unavailable(key, error) from error
+        self._count(key, "write")
+
     async def aclose(self) -> None:
         await self._table.close()
 

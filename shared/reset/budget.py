@@ -33,12 +33,14 @@ BUDGET_KEY = "graph-writes"
 # slots granted before another instance's 429 (the pause reaches it with its next lease), and
 # keeps one instance from reserving the whole future while others wait.
 HORIZON_SECONDS = 1.0
-# Lease the next block this long before the slots already held run out: long enough for a
-# storage round trip, short enough that the writes arriving meanwhile join that block.
+# Lease the next block this long before the slots already held run out: twice the recent lease
+# round trip (storage is slower on a busy host), within these bounds; the writes arriving until
+# then join that block.
 LEAD_SECONDS = 0.25
+MAX_LEAD_SECONDS = 1.0
 # A write that wakes this late for its slot (an overloaded event loop) takes a new one rather
-# than bunch up with later writes.
-GRACE_SECONDS = 1.0
+# than bunch up with later writes, or go out after a pause it has not heard of yet.
+GRACE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -162,12 +164,9 @@ class TableLedger:
         return await self._state.update(self._key, take)
 
     async def pause(self, until: float) -> None:
-        def extend(values: dict[str, Any]) -> tuple[dict[str, Any] | None, None]:
-            if float(values.get("PausedUntil", 0.0)) >= until:
-                return None, None  # another instance already paused at least as long
-            return {**values, "PausedUntil": until}, None
-
-        await self._state.update(self._key, extend)
+        # One blind write, so the news spreads within one storage round trip even while the
+        # other instances keep the entity busy with leases (theirs then conflict and re-read).
+        await self._state.merge(self._key, {"PausedUntil": until})
 
 
 class WriteBudget:
@@ -199,6 +198,7 @@ class WriteBudget:
         self._leaser: asyncio.Task[None] | None = None
         self._held_until = 0.0
         self._paused_until = 0.0
+        self._lead = LEAD_SECONDS
         self._background: set[asyncio.Task[None]] = set()
 
     async def acquire_write(self) -> None:
@@ -256,7 +256,7 @@ class WriteBudget:
 
     async def _lease_for_waiters(self) -> None:
         while self._waiting:
-            early = self._held_until - LEAD_SECONDS - self._clock()
+            early = self._held_until - self._lead - self._clock()
             if early > 0:
                 await self._sleep(early)
             block: list[asyncio.Future[float]] = []
@@ -266,6 +266,7 @@ class WriteBudget:
                     block.append(future)
             if not block:
                 continue
+            asked = self._clock()
             try:
                 with telemetry.quiet():
                     grant = await self._ledger.reserve(len(block))
@@ -274,6 +275,8 @@ class WriteBudget:
                     if not future.done():
                         future.set_exception(error)
                 continue
+            round_trip = self._clock() - asked
+            self._lead = min(MAX_LEAD_SECONDS, max(LEAD_SECONDS, 0.8 * self._lead + 0.2 * 2 * round_trip))
             self._paused_until = max(self._paused_until, grant.paused_until)
             for future, slot in zip(block, grant.slots, strict=False):
                 if not future.done():  # cancelled meanwhile: its slot goes unused
@@ -284,7 +287,7 @@ class WriteBudget:
             if unserved:
                 # The horizon is full: these writes wait for the next block, first in line.
                 self._waiting.extendleft(reversed(unserved))
-                self._held_until = max(self._held_until, grant.retry_at + LEAD_SECONDS)
+                self._held_until = max(self._held_until, grant.retry_at + self._lead)
 
     async def settled(self) -> None:
         """Wait until a pause this instance saw has been shared (tests; nothing else needs to wait)."""

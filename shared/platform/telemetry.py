@@ -66,8 +66,8 @@ INSTRUMENTS: Mapping[str, Instrument] = {
     "guest_reset.budget.wait": _instrument(
         "histogram",
         "s",
-        "Time each Graph write waited for the app-wide budget; limit = the budget's writes per second",
-        "limit",
+        "Time each Graph write waited for the app-wide budget; rate = the budget's writes per second",
+        "rate",
     ),
     "guest_reset.fleet.storage_ops": _instrument(
         "counter",
@@ -88,6 +88,9 @@ INSTRUMENTS: Mapping[str, Instrument] = {
         "gauge", "1", "1 while the invitation circuit breaker is open, else 0 (see docs/operations.md)"
     ),
 }
+# Declared for the workbook, recorded by work that has not landed yet: the invitation circuit
+# breaker sets this gauge when it opens and closes (its state lives in FleetState too).
+PENDING_INSTRUMENTS = frozenset({"guest_reset.breaker.open"})
 
 _enabled: bool | None = None
 _tracer: Tracer | None = None

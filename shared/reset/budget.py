@@ -214,7 +214,7 @@ class WriteBudget:
             if self._clock() - slot > GRACE_SECONDS:
                 continue  # woke too late: sending now would bunch up with later slots
             break
-        telemetry.record("guest_reset.budget.wait", self._clock() - started, limit=self.per_second)
+        telemetry.record("guest_reset.budget.wait", self._clock() - started, rate=self.per_second)
 
     async def wait_if_paused(self) -> None:
         """Reads are not budgeted, but they respect a pause Graph asked for."""

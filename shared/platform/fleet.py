@@ -28,6 +28,9 @@ PARTITION = "fleet"
 # (each instance has at most one change in flight per entity); past this many in a row something
 # is wrong with storage, not with contention.
 MAX_ATTEMPTS = 20
+# After a change made from the remembered entity met a conflict (another instance is writing it
+# too), this many changes read first before trusting the remembered entity again.
+READ_FIRST_AFTER_CONFLICT = 8
 
 # What a change function returns: the entity's new properties (None: leave it as it is), and
 # the caller's answer.
@@ -54,6 +57,11 @@ class FleetState:
         self._table = table
         self.ops = StorageOps()
         self._ensured = False
+        # The entity as this instance last read or wrote it (properties, ETag): while no other
+        # instance writes it, the next change starts from it and skips the read (one operation,
+        # not two); the ETag makes that safe, a conflict sends the change back to reading.
+        self._known: dict[str, tuple[dict[str, Any], str]] = {}
+        self._read_first: dict[str, int] = {}
 
     async def ensure(self) -> None:
         from azure.core.exceptions import ResourceExistsError
@@ -101,28 +109,45 @@ class FleetState:
         from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError
         from azure.data.tables import UpdateMode
 
+        trust_known = self._read_first.get(key, 0) == 0
+        if not trust_known:
+            self._read_first[key] -= 1
         for attempt in range(MAX_ATTEMPTS):
             if attempt:
                 # Jitter so that instances which collided do not collide again on the next round.
                 await asyncio.sleep(random.uniform(0, 0.005 * min(attempt, 8)))
-            current, etag = await self._get(key)
+            known = self._known.pop(key, None) if attempt == 0 and trust_known else None
+            etag: str | None
+            if known is not None:
+                current, etag = dict(known[0]), known[1]
+            else:
+                current, etag = await self._get(key)
+                if etag is not None:
+                    self._known[key] = (dict(current), etag)
             values, answer = change(dict(current))
             if values is None:
                 return answer
             entity = {"PartitionKey": PARTITION, "RowKey": key, **values}
             try:
                 if etag is None:
-                    await self._table.create_entity(entity)
+                    meta = await self._table.create_entity(entity)
                 else:
-                    await self._table.update_entity(
+                    meta = await self._table.update_entity(
                         entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
                     )
             except (ResourceModifiedError, ResourceExistsError):
                 self._count(key, "write", "conflict")
+                self._known.pop(key, None)
+                if known is not None:
+                    self._read_first[key] = READ_FIRST_AFTER_CONFLICT
                 continue
             except AzureError as error:
+                self._known.pop(key, None)
                 raise _unavailable(key, error) from error
             self._count(key, "write")
+            new_etag = (meta or {}).get("etag")
+            if new_etag:
+                self._known[key] = (dict(values), new_etag)
             return answer
         raise TransientError(f"app-wide state {key!r} kept changing under us", code="StorageUnavailable")
 
@@ -137,6 +162,7 @@ class FleetState:
         from azure.core.exceptions import AzureError
         from azure.data.tables import UpdateMode
 
+        self._known.pop(key, None)
         try:
             await self._table.upsert_entity({"PartitionKey": PARTITION, "RowKey": key, **values}, mode=UpdateMode.MERGE)
         except AzureError as error:

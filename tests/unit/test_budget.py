@@ -231,3 +231,20 @@ async def test_storage_down_fails_the_waiting_writes_transiently() -> None:
     budget = WriteBudget(10, ledger=TableLedger(FleetState(table), 10, 1))
     results = await asyncio.gather(*(budget.acquire_write() for _ in range(3)), return_exceptions=True)
     assert all(isinstance(r, TransientError) and r.code == "StorageUnavailable" for r in results)
+
+
+async def test_a_lone_instance_changes_the_entity_in_one_operation() -> None:
+    """While nobody else writes it, a change starts from the entity as last written: no read, one write."""
+    table = MemoryTable("GuestResetState")
+    state = FleetState(table)
+
+    def increment(values: dict[str, object]) -> tuple[dict[str, object], None]:
+        return {"Count": int(str(values.get("Count", 0))) + 1}, None
+
+    for _ in range(5):
+        await state.update("counter", increment)
+    assert (state.ops.reads, state.ops.writes) == (1, 5)
+    other = FleetState(table)  # another instance writes in between: the next change reads again
+    await other.update("counter", increment)
+    await state.update("counter", increment)
+    assert (await state.read("counter"))["Count"] == 7 and state.ops.conflicts == 1

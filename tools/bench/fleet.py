@@ -162,7 +162,7 @@ def _timed_batch(
         emulator.control.clear_journal()
         started = time.perf_counter()
         asyncio.run(enqueue(azurite.connection_string, names["RESET_REQUEST_QUEUE"], bodies(0, count, tag)))
-        ended = wait_for_results(results, count, timeout=60 + 3 * count / RATE)
+        ended = wait_for_results(results, count, timeout=120 + 10 * count / RATE)
         journal = emulator.control.journal()
         statuses = drain_statuses(results)
     points = [p for host in hosts for p in metrics.load(host.metrics_path or Path("-"))]
@@ -199,11 +199,11 @@ def _rss(azurite: AzuriteEndpoints, emulator: EmulatorHandle, small: int, large:
     with runners(1, env) as [host]:
         started = time.perf_counter()
         asyncio.run(enqueue(azurite.connection_string, names["RESET_REQUEST_QUEUE"], bodies(0, small, "rss")))
-        wait_for_results(results, small, timeout=120 + small / 10)
+        wait_for_results(results, small, timeout=120 + small / 2)
         first = rss_kib(host.pid)
         more = bodies(small, large - small, "rss")
         asyncio.run(enqueue(azurite.connection_string, names["RESET_REQUEST_QUEUE"], more))
-        wait_for_results(results, large, timeout=120 + large / 10)
+        wait_for_results(results, large, timeout=120 + large / 2)
         second = rss_kib(host.pid)
         rate = large / (time.perf_counter() - started)
     return first, second, rate
@@ -233,7 +233,11 @@ def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
 
         control.reset()
         control.set_users(make_guests(large))
-        rss_small, rss_large, rss_rate = _rss(azurite, emulator, small, large)
+        try:
+            rss: tuple[int, int, float] | None = _rss(azurite, emulator, small, large)
+        except TimeoutError as error:  # a starved host: report it, keep the other figures
+            rss = None
+            result.notes.append(f"memory part: {error}")
         control.reset()
 
     writes = fleet.writes
@@ -282,26 +286,30 @@ def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
             burst_ratio <= BURST_GOAL and burst.statuses.get("Succeeded", 0) == 50 and burst.throttled == 0,
         ),
     ]
-    rss_ratio = rss_large / rss_small
-    result.rows.append(
-        Row(
-            f"runner RSS after {large:,} vs after {small:,} resets (MiB)",
-            f"{rss_large / 1024:.1f}",
-            f"{rss_small / 1024:.1f}",
-            f"{rss_ratio:.3f}x",
-            f"<= {RSS_GOAL:.1f}x",
-            rss_ratio <= RSS_GOAL,
+    memory = f"runner RSS after {large:,} vs after {small:,} resets (MiB)"
+    if rss is None:
+        result.rows.append(Row(memory, "timed out", goal=f"<= {RSS_GOAL:.1f}x", passed=False))
+    else:
+        rss_small, rss_large, _ = rss
+        rss_ratio = rss_large / rss_small
+        result.rows.append(
+            Row(
+                memory,
+                f"{rss_large / 1024:.1f}",
+                f"{rss_small / 1024:.1f}",
+                f"{rss_ratio:.3f}x",
+                f"<= {RSS_GOAL:.1f}x",
+                rss_ratio <= RSS_GOAL,
+            )
         )
-    )
     result.notes.append(
         f"ideal = (writes - burst) / rate = ({len(writes)} - {BURST}) / {RATE:g}; the budget keeps "
         f"10% under Graph's 20/s (docs/operations.md). Pacing cost: {ops:.0f} storage operations "
         f"({conflicts:.0f} ETag conflicts) for {len(writes)} writes, from the runners' own metrics."
     )
-    result.notes.append(
-        f"burst: {burst_writes} writes, {burst.throttled} x 429; memory part: {rss_rate:.0f} resets/s "
-        "through one runner with no latency and no quota."
-    )
+    result.notes.append(f"burst: {burst_writes} writes, {burst.throttled} x 429.")
+    if rss is not None:
+        result.notes.append(f"memory part: {rss[2]:.0f} resets/s through one runner with no latency and no quota.")
     if fleet.statuses.get("Succeeded", 0) != count:
         result.notes.append(f"fleet outcomes: {fleet.statuses}")
     return result

@@ -211,7 +211,7 @@ def _rss(azurite: AzuriteEndpoints, emulator: EmulatorHandle, small: int, large:
 
 def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
     count = 120 if quick else 600
-    small, large = (200, 1000) if quick else (500, 5000)
+    small, large = (100, 500) if quick else (500, 5000)
     control = emulator.control
     result = BenchResult(
         "fleet",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -209,6 +210,11 @@ def _rss(azurite: AzuriteEndpoints, emulator: EmulatorHandle, small: int, large:
     return first, second, rate
 
 
+def _progress(line: str) -> None:
+    """One line per finished part, on stderr: the full run takes minutes."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
     count = 120 if quick else 600
     small, large = (100, 500) if quick else (500, 5000)
@@ -224,12 +230,14 @@ def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
         control.set_latency(LATENCY_MS)
         control.set_write_budget(QUOTA, burst=QUOTA_BURST)
         fleet = _timed_batch(azurite, emulator, 3, count, "fleet")
+        _progress(f"fleet: {count} resets in {fleet.elapsed:.1f} s, {fleet.throttled} x 429")
 
         control.reset()
         control.set_users(make_guests(50))
         control.set_latency(LATENCY_MS)
         control.set_write_budget(QUOTA, burst=QUOTA_BURST)
         burst = _timed_batch(azurite, emulator, 1, 50, "burst")
+        _progress(f"fleet: burst of 50 in {burst.elapsed:.1f} s")
 
         control.reset()
         control.set_users(make_guests(large))

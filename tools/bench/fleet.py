@@ -312,7 +312,7 @@ def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
         )
     result.notes.append(
         f"ideal = (writes - burst) / rate = ({len(writes)} - {BURST}) / {RATE:g}; the budget keeps "
-        f"10% under Graph's 20/s (docs/operations.md). Pacing cost: {ops:.0f} storage operations "
+        f"10% under Graph's 20/s (docs/deploy.md). Pacing cost: {ops:.0f} storage operations "
         f"({conflicts:.0f} ETag conflicts) for {len(writes)} writes, from the runners' own metrics."
     )
     result.notes.append(f"burst: {burst_writes} writes, {burst.throttled} x 429.")

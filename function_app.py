@@ -4,6 +4,7 @@ import azure.functions as func
 
 from shared.api import handlers as api
 from shared.bulk.job import run_bulk_job
+from shared.reset.backlog import observe_backlog
 from shared.reset.worker import handle_poison_message, handle_request_message
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -29,7 +30,9 @@ async def _http(handler: api.Handler, req: func.HttpRequest) -> func.HttpRespons
 @app.queue_trigger(arg_name="msg", queue_name="%RESET_REQUEST_QUEUE%", connection="AzureWebJobsStorage")
 async def process_reset(msg: func.QueueMessage) -> None:
     """A reset request from the queue: reset, or poison with a reason, or raise for a retry."""
-    await handle_request_message(msg.get_body(), message_id=msg.id or "", dequeue_count=msg.dequeue_count or 1)
+    await handle_request_message(
+        msg.get_body(), message_id=msg.id or "", dequeue_count=msg.dequeue_count or 1, inserted_at=msg.insertion_time
+    )
 
 
 @app.function_name("record_poisoned_reset")
@@ -44,6 +47,13 @@ async def record_poisoned_reset(msg: func.QueueMessage) -> None:
 async def bulk_reset_job(timer: func.TimerRequest) -> None:
     """CSV files in <BULK_CONTAINER>/incoming/: validate, enqueue, report, move (schedule in UTC)."""
     await run_bulk_job()
+
+
+@app.function_name("observe_backlog")
+@app.timer_trigger(arg_name="timer", schedule="0 */5 * * * *", run_on_startup=False, use_monitor=False)
+async def observe_backlog_job(timer: func.TimerRequest) -> None:
+    """Every five minutes: poison depth and stuck requests, as metrics for the workbook and alerts."""
+    await observe_backlog()
 
 
 @app.route(route="resets", methods=ALL_METHODS)
@@ -74,3 +84,13 @@ async def list_poison(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="poison/replay", methods=ALL_METHODS, auth_level=func.AuthLevel.ADMIN)
 async def replay_poison(req: func.HttpRequest) -> func.HttpResponse:
     return await _http(api.replay_poison, req)
+
+
+@app.route(route="breaker", methods=ALL_METHODS, auth_level=func.AuthLevel.ADMIN)
+async def breaker_status(req: func.HttpRequest) -> func.HttpResponse:
+    return await _http(api.breaker_status, req)
+
+
+@app.route(route="breaker/close", methods=ALL_METHODS, auth_level=func.AuthLevel.ADMIN)
+async def close_breaker(req: func.HttpRequest) -> func.HttpResponse:
+    return await _http(api.close_breaker, req)

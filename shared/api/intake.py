@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.api.principal import Caller
+from shared.platform import telemetry
 from shared.platform.errors import IntakeError, InvalidRequestError, ResetError
 from shared.platform.logs import app_logger
 from shared.reset.callbacks import callback_allowed
@@ -125,7 +126,8 @@ def validate_submission(
 
 
 async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str) -> Receipt:
-    text = canonical_json(request, requestId=request_id)
+    # The message carries this trace, so the worker's span joins it (one trace per request).
+    text = canonical_json(request, requestId=request_id, traceparent=telemetry.current_traceparent())
     record = StatusRecord.for_request(request, request_id, Status.ACCEPTED, message=text)
     created = await runtime.status.create(replace(record, history=record.with_event("accepted")))
     if created is None:
@@ -155,6 +157,7 @@ async def accept(runtime: Runtime, requests: list[tuple[ResetRequest, str]]) -> 
         async with gate:
             return await _accept_one(runtime, request, request_id)
 
-    receipts = await asyncio.gather(*(one(r, rid) for r, rid in requests))
+    with telemetry.span("accept resets", requests=len(requests), requestId=requests[0][1]):
+        receipts = await asyncio.gather(*(one(r, rid) for r, rid in requests))
     log.info("accepted %d request(s), the first %s", len(receipts), receipts[0].request_id)
     return list(receipts)

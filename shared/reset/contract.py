@@ -39,6 +39,9 @@ _UPN_RE = re.compile(r"^[^\s@]+@[A-Za-z0-9.\-]+$")
 _LANGUAGE_RE = re.compile(r"^[a-zA-Z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 # requestId becomes a Table partition key: no / \ # ? or control characters.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+# W3C Trace Context, version 00: https://www.w3.org/TR/trace-context/#traceparent-header
+_TRACEPARENT_RE = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACEPARENT_IN_JSON = re.compile(rb'"traceparent"\s*:\s*"(00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2})"')
 
 
 def _email(value: str) -> str:
@@ -115,8 +118,8 @@ class ResetRequest(BaseModel):
     )
     move_to_domain: Domain | None = Field(
         None,
-        description="Move the guest to this domain: the new address is the local part of its current mail "
-        "at this domain (a partner renamed its domain). Not together with newEmail.",
+        description="Move the guest to this domain: the new address is the local part of the address it "
+        "redeems with now, at this domain (a partner renamed its domain). Not together with newEmail.",
     )
     send_invitation_message: StrictBool | None = Field(
         None, description="Send Microsoft's invitation email; default from the app settings."
@@ -143,6 +146,11 @@ class ResetRequest(BaseModel):
         None, description="https URL that receives the outcome; its host must be on the allowlist."
     )
     dry_run: StrictBool = Field(False, description="Do every check and Graph read, send nothing.")
+    traceparent: Annotated[str, Field(pattern=_TRACEPARENT_RE.pattern)] | None = Field(
+        None,
+        description="W3C trace context of the trace this request belongs to. Intake sets it on the "
+        "messages it enqueues; a producer that traces may set its own.",
+    )
 
     @model_validator(mode="after")
     def _one_user_key(self) -> Self:
@@ -178,7 +186,10 @@ class ResetOutcome(BaseModel):
     )
 
     request_id: str
-    status: str = Field(description="Accepted, Processing, Succeeded, Failed or DryRunPassed.")
+    status: str = Field(
+        description="Accepted, Processing, Held (waiting for the invitation breaker to close), Succeeded, Failed "
+        "or DryRunPassed."
+    )
     attempts: int = 0
     created_at: str | None = None
     updated_at: str | None = None
@@ -281,6 +292,13 @@ def request_id_hint(raw: bytes | str) -> str | None:
     except InvalidRequestError:
         return None
     return value if isinstance(value, str) and _REQUEST_ID_RE.match(value) else None
+
+
+def traceparent_hint(raw: bytes) -> str | None:
+    """The traceparent of a plain-JSON message body, found without parsing it (the worker's span
+    starts before the body is validated)."""
+    found = _TRACEPARENT_IN_JSON.search(raw)
+    return found.group(1).decode("ascii") if found else None
 
 
 # Table string properties hold at most 32K characters; larger requests are not kept for replay.

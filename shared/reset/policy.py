@@ -6,7 +6,7 @@ from shared.platform.errors import PolicyRefusedError
 from shared.platform.logs import mask_email
 from shared.platform.settings import Settings
 from shared.reset.contract import ResetRequest, is_invitable_address
-from shared.reset.graph import GuestUser
+from shared.reset.graph import GuestUser, RoleAssignment
 
 
 def check_user(user: GuestUser, settings: Settings) -> None:
@@ -23,28 +23,6 @@ def check_user(user: GuestUser, settings: Settings) -> None:
             f"user {user.id} is an internal account, not a B2B user; a reset would convert it",
             code="NotAnExternalUser",
         )
-
-
-def new_sign_in_email(request: ResetRequest, user: GuestUser) -> str | None:
-    """The address the request switches the guest to: ``newEmail``, or its mail moved to ``moveToDomain``.
-
-    A computed address then passes every rule a given ``newEmail`` passes (domain settings,
-    owned by nobody else): moving a domain is an email switch like any other.
-    """
-    if not request.move_to_domain:
-        return request.new_email
-    if not user.mail:
-        raise PolicyRefusedError(
-            f"user {user.id} has no mail to move to {request.move_to_domain}; give newEmail instead",
-            code="NoEmailOnUser",
-        )
-    moved = f"{user.mail.rsplit('@', 1)[0]}@{request.move_to_domain}"
-    if not is_invitable_address(moved):
-        raise PolicyRefusedError(
-            f"{mask_email(moved)} is not an address Graph accepts for an invitation; give newEmail instead",
-            code="InvalidNewEmail",
-        )
-    return moved
 
 
 def check_email_domain(email: str, settings: Settings) -> None:
@@ -72,11 +50,60 @@ def check_email_owners(email: str, user: GuestUser, owners: list[GuestUser]) -> 
         )
 
 
-def check_directory_roles(user: GuestUser, roles: list[str]) -> None:
-    """App-only resets cannot touch users who hold directory roles: say so before Graph does."""
-    if roles:
+def choose_target(request: ResetRequest, user: GuestUser) -> str:
+    """The address the guest will redeem with; Graph accepts mail or any otherMails entry.
+
+    In order: ``newEmail``; the address the request found the guest by, when the guest holds
+    it; ``mail``; the only ``otherMails`` entry. A guest created while a contact held its
+    address has no ``mail`` (docs/graph.md), so several otherMails entries are refused rather
+    than guessed. With ``moveToDomain``, that address's local part at the new domain: an email
+    switch like ``newEmail``, under the same rules.
+    """
+    if request.new_email:
+        return request.new_email
+    current = _current_address(request, user)
+    return moved_address(current, request.move_to_domain) if request.move_to_domain else current
+
+
+def moved_address(current: str, domain: str) -> str:
+    """``current``'s local part at ``domain`` (a partner renamed its domain)."""
+    moved = f"{current.rsplit('@', 1)[0]}@{domain}"
+    if not is_invitable_address(moved):
         raise PolicyRefusedError(
-            f"user {user.id} holds directory role(s) {', '.join(sorted(roles))}; an app cannot "
-            "reset it. Remove the roles or reset it in the admin center as a User Administrator",
+            f"{mask_email(moved)} is not an address Graph accepts for an invitation; give newEmail instead",
+            code="InvalidNewEmail",
+        )
+    return moved
+
+
+def _current_address(request: ResetRequest, user: GuestUser) -> str:
+    if request.email and user.owns_address(request.email):
+        return request.email
+    if user.mail:
+        return user.mail
+    distinct: dict[str, str] = {}
+    for address in user.other_mails:
+        distinct.setdefault(address.lower(), address)
+    others = list(distinct.values())
+    if len(others) == 1:
+        return others[0]
+    if others:
+        raise PolicyRefusedError(
+            f"user {user.id} has no mail and {len(others)} otherMails addresses; say which one the guest "
+            "redeems with: name the user by email (that address) or give newEmail",
+            code="AmbiguousTargetEmail",
+        )
+    raise PolicyRefusedError(
+        f"user {user.id} has no mail and no otherMails to invite; give newEmail", code="NoEmailOnUser"
+    )
+
+
+def check_role_assignments(user: GuestUser, assignments: list[RoleAssignment]) -> None:
+    """App-only resets cannot touch users who hold Microsoft Entra roles: say so before Graph does."""
+    if assignments:
+        held = "; ".join(sorted({a.describe(user.id) for a in assignments}))
+        raise PolicyRefusedError(
+            f"user {user.id} holds Microsoft Entra role(s): {held}; an app cannot reset it. Remove the "
+            "role assignments or reset it in the admin center as a Helpdesk or User Administrator",
             code="TargetHasDirectoryRoles",
         )

@@ -18,9 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .app import DEFAULT_USERS_PATH, create_app
-from .realm import load_realms
-from .state import load_users
+from .app import DEFAULT_APP_PERMISSIONS, DEFAULT_USERS_PATH, create_app
 from .tenant import generate_tenant
 
 
@@ -51,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--journal-limit", type=int, default=200_000, help="keep at most this many journal entries (oldest dropped)"
     )
     parser.add_argument(
+        "--app-permissions",
+        default=",".join(DEFAULT_APP_PERMISSIONS),
+        help="comma-separated Graph application permissions the app holds (default: what the deployment grants); "
+        "calls none of them allows get 403 Authorization_RequestDenied",
+    )
+    parser.add_argument(
         "--access-log", action="store_true", help="log every request (off by default: it slows benchmarks)"
     )
     return parser.parse_args(argv)
@@ -64,12 +68,13 @@ def _write_ready_file(path: Path, base_url: str) -> None:
 
 
 def _with_generated_guests(args: argparse.Namespace, workdir: Path) -> Path:
-    """A fixture file holding the given fixture and the generated guests, so a reset keeps both."""
+    """A fixture file holding the given fixture (groups and role assignments too) and the generated
+    guests with their realms, so a reset keeps both."""
     tenant = generate_tenant(args.guests, seed=args.seed, domains=max(args.domains, 1))
-    document = {
-        "users": [*load_users(args.users), *tenant["users"]],
-        "realms": {**load_realms(args.users), **tenant["realms"]},
-    }
+    fixture = json.loads(Path(args.users).read_text(encoding="utf-8"))
+    document = fixture if isinstance(fixture, dict) else {"users": fixture}
+    document["users"] = [*(document.get("users") or []), *tenant["users"]]
+    document["realms"] = {**(document.get("realms") or {}), **tenant["realms"]}
     path = workdir / "generated-tenant.json"
     path.write_text(json.dumps(document), encoding="utf-8")
     return path
@@ -77,9 +82,10 @@ def _with_generated_guests(args: argparse.Namespace, workdir: Path) -> Path:
 
 async def serve(args: argparse.Namespace) -> None:
     """Run until SIGINT/SIGTERM, then close the listener cleanly."""
+    permissions = tuple(p.strip() for p in args.app_permissions.split(",") if p.strip())
     with tempfile.TemporaryDirectory(prefix="graph-emulator-tenant-") as workdir:
         users = _with_generated_guests(args, Path(workdir)) if args.guests else args.users
-        await _serve(args, create_app(users, journal_limit=args.journal_limit))
+        await _serve(args, create_app(users, journal_limit=args.journal_limit, app_permissions=permissions))
 
 
 async def _serve(args: argparse.Namespace, app: web.Application) -> None:

@@ -62,6 +62,7 @@ def isolated_env(connection_string: str, graph_base_url: str, **overrides: str) 
         "GRAPH_RETRY_DELAYS": "0.05,0.1",
         "GRAPH_MAX_ATTEMPTS": "4",
         "GRAPH_WRITES_PER_SECOND": "50",
+        "READBACK_WINDOW_SECONDS": "2",
     }
     values.update(overrides)
     return values

@@ -28,6 +28,7 @@ param instanceMemoryMB int = 2048
 
 param requestQueueName string
 param resultQueueName string
+param callbackQueueName string
 param statusTableName string
 param graphBaseUrl string
 param inviteRedirectUrl string
@@ -46,6 +47,14 @@ param bulkContainerName string
 
 @description('BULK_SCHEDULE: NCRONTAB schedule of the bulk job, six fields with seconds, in UTC.')
 param bulkSchedule string
+
+@description('SWEEP_SCHEDULE and SWEEP_GRACE_SECONDS: the sweeper of stalled requests.')
+param sweepSchedule string
+param sweepGraceSeconds int
+
+@description('DELIVERY_DEADLINE_SECONDS and READBACK_WINDOW_SECONDS: time limits of one delivery.')
+param deliveryDeadlineSeconds int
+param readbackWindowSeconds int
 
 param enableAppServiceAuth bool = false
 param authClientId string = ''
@@ -150,6 +159,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
     RESET_REQUEST_QUEUE: requestQueueName
     RESET_RESULT_QUEUE: resultQueueName
+    RESET_CALLBACK_QUEUE: callbackQueueName
     RESET_STATUS_TABLE: statusTableName
     GRAPH_BASE_URL: graphBaseUrl
     INVITE_REDIRECT_URL: inviteRedirectUrl
@@ -164,6 +174,10 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     CALLBACK_ALLOWED_HOSTS: callbackAllowedHosts
     BULK_CONTAINER: bulkContainerName
     BULK_SCHEDULE: bulkSchedule
+    SWEEP_SCHEDULE: sweepSchedule
+    SWEEP_GRACE_SECONDS: string(sweepGraceSeconds)
+    DELIVERY_DEADLINE_SECONDS: string(deliveryDeadlineSeconds)
+    READBACK_WINDOW_SECONDS: string(readbackWindowSeconds)
     // Only App Service authentication makes the caller headers trustworthy (the platform
     // strips and rewrites them); without it a caller could forge them, so the list stays empty.
     ALLOWED_CALLERS: enableAppServiceAuth ? allowedCallers : ''

@@ -88,6 +88,45 @@ class AmbiguousOutcomeError(TransientError):
     default_code = "GraphOutcomeUnknown"
 
 
+class OutcomeUnknownError(ResetError):
+    """An invitation may have gone out, and Graph gives no evidence either way: a person decides.
+
+    Permanent on purpose: sending again on a guess could email the guest twice (safety rule 7).
+    """
+
+    default_code = "OutcomeUnknown"
+
+
+class DeliveryDeferred(TransientError):
+    """Not a failure: this delivery stops and the request comes back after ``delay`` seconds.
+
+    Raised when Graph asks for a wait longer than the delivery has left; the worker re-enqueues a
+    copy that stays invisible for ``delay`` and completes this delivery, so no host delivery
+    (``maxDequeueCount``) is spent on waiting.
+    """
+
+    default_code = "Deferred"
+
+    def __init__(self, message: str, *, delay: float, code: str | None = None, limited: bool = True) -> None:
+        super().__init__(message, code=code, retry_after=delay)
+        self.delay = delay
+        # A hold for the request's own sake counts towards the worker's cap; a hold the operator
+        # decides the end of (an open circuit breaker) passes ``limited=False``.
+        self.limited = limited
+
+
+class ClaimLostError(TransientError):
+    """This delivery's claim on a request lapsed and another delivery took it over."""
+
+    default_code = "ClaimLost"
+
+
+class DeadlineExceededError(TransientError):
+    """The delivery's time is up before a Graph call could start; nothing was sent by that call."""
+
+    default_code = "DeliveryDeadline"
+
+
 class IntakeError(ResetError):
     """A submission to the HTTP API refused as a whole; ``status`` is the HTTP status to answer with."""
 

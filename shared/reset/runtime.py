@@ -56,6 +56,7 @@ async def build_runtime(settings: Settings) -> Runtime:
             results=queue_client(settings.storage, settings.result_queue),
             poison=queue_client(settings.storage, settings.poison_queue),
             requests=queue_client(settings.storage, settings.request_queue),
+            callbacks=queue_client(settings.storage, settings.callback_queue),
         ),
     )
     await runtime.status.ensure()

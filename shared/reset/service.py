@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from shared.platform.errors import PolicyRefusedError
+import contextlib
+
+from shared.platform.errors import AmbiguousOutcomeError, DeliveryDeferred, PolicyRefusedError, ResetError
 from shared.platform.logs import app_logger, bind, mask_email
 from shared.platform.settings import Settings
 from shared.reset import policy
 from shared.reset.contract import ResetRequest
-from shared.reset.graph import GraphGateway, GuestUser, InvitationBody
-from shared.reset.status import Status, StatusRecord, StatusStore, utcnow
+from shared.reset.graph import GraphGateway, GuestUser, InvitationBody, SentInvitation
+from shared.reset.readback import Before, resolve_uncertain, verdict
+from shared.reset.status import Status, StatusRecord, StatusStore, iso_time, parse_iso_time, utcnow
+from shared.reset.throttle import time_left
 
 log = app_logger()
+
+# The record's phase while an invitation may be in flight, and after one provably was not sent.
+INVITING = "Inviting"
+NOT_SENT = "InviteNotSent"
 
 
 class ResetService:
@@ -52,8 +60,7 @@ class ResetService:
                 user_id=user.id,
                 masked_email=mask_email(target),
                 finished_at=utcnow(),
-                lease_owner=None,
-                lease_until=None,
+                held_until=None,
                 error_code=None,
                 error_message=None,
                 history=record.with_event("dryRunPassed"),
@@ -64,33 +71,82 @@ class ResetService:
             log.info("sign-in email switched to %s", mask_email(request.new_email))
 
         body = InvitationBody.for_request(request, user, target, self._settings)
-        # Written before sending: a later delivery then knows an invitation may have gone out
-        # and checks by read-back instead of sending a second one.
-        earlier_attempt = record.invite_started_at
+        if record.phase == INVITING and record.invite_started_at is not None:
+            # An earlier delivery recorded the intent and then lost track: its invitation may have
+            # gone out. Decided by evidence only; nothing is sent again.
+            sent = await resolve_uncertain(
+                self._graph,
+                request_id=record.request_id,
+                user_id=user.id,
+                before=_before(record),
+                sent_at=record.invite_started_at,
+                window=self._settings.readback_window_seconds,
+            )
+            return await self._succeeded(record, body, sent, verified=True, note=None)
+
+        # A post needs its own time plus the read-back window should its outcome be unknown;
+        # with less left, hold the request now rather than start what cannot be finished.
+        needed = self._settings.graph_timeout_seconds + self._settings.readback_window_seconds
+        if time_left() < needed:
+            raise DeliveryDeferred("too little of this delivery is left to send the invitation safely", delay=1.0)
+        before = Before.of(user)
+        # Written before sending: a later delivery then knows an invitation may have gone out,
+        # and resolves it by evidence instead of sending a second one.
+        sent_at = utcnow()
         record = await self._status.save(
             record,
             user_id=user.id,
             masked_email=mask_email(target),
-            phase="Inviting",
-            invite_started_at=earlier_attempt or utcnow(),
+            phase=INVITING,
+            invite_started_at=sent_at,
             send_invitation_message=body.send_message,
+            history=record.with_event("inviting", priorState=before.state, priorChange=iso_time(before.changed_at)),
         )
-        sent = await self._graph.reset_redemption(body, sent_after=earlier_attempt)
-        after = await self._graph.read_user(user.id)
-        verified = after.external_user_state == "PendingAcceptance"
-        if not verified:
-            log.warning(
-                "Graph accepted the reset but the user reads back as %s",
-                after.external_user_state,
+        try:
+            sent = await self._graph.reset_redemption(body)
+        except AmbiguousOutcomeError as error:
+            log.warning("the invitation's outcome is unknown (%s); reading the guest back, not resending", error.code)
+            sent = await resolve_uncertain(
+                self._graph,
+                request_id=record.request_id,
+                user_id=user.id,
+                before=before,
+                sent_at=sent_at,
+                window=self._settings.readback_window_seconds,
             )
+            return await self._succeeded(record, body, sent, verified=True, note=None)
+        except ResetError:
+            # Graph refused or never got it: nothing was sent, so the intent no longer stands.
+            with contextlib.suppress(ResetError):
+                record = await self._status.save(record, phase=NOT_SENT, invite_started_at=None)
+            raise
+        try:
+            after: GuestUser | None = await self._graph.read_user(user.id)
+        except ResetError as error:
+            # The invitation went out (201); a failed read-back must not turn that into a failure.
+            log.warning("the user could not be read back after the invitation: %s", error.code)
+            after = None
+        verified, note = verdict(before, after, sent_at)
+        if verified is False:
+            log.warning("Graph accepted the reset but %s", note)
         log.info("reset invitation %s sent to %s", sent.id, mask_email(target))
+        return await self._succeeded(record, body, sent, verified=verified, note=note)
+
+    async def _succeeded(
+        self,
+        record: StatusRecord,
+        body: InvitationBody,
+        sent: SentInvitation,
+        *,
+        verified: bool | None,
+        note: str | None,
+    ) -> StatusRecord:
         return await self._status.save(
             record,
             status=Status.SUCCEEDED,
             phase="Done",
             finished_at=utcnow(),
-            lease_owner=None,
-            lease_until=None,
+            held_until=None,
             invitation_id=sent.id,
             graph_request_id=sent.graph_request_id,
             verified=verified,
@@ -98,5 +154,15 @@ class ResetService:
             error_message=None,
             # Kept only when no email goes out: then an admin must hand the link over.
             redeem_url=None if body.send_message else sent.redeem_url,
-            history=record.with_event("succeeded", confirmedByReadBack=sent.confirmed_by_read_back or None),
+            history=record.with_event(
+                "succeeded", confirmedByReadBack=sent.confirmed_by_read_back or None, readBack=note
+            ),
         )
+
+
+def _before(record: StatusRecord) -> Before | None:
+    """The guest's state before the invitation, as the delivery that sent it wrote it down."""
+    for event in reversed(record.history):
+        if event.get("event") == "inviting":
+            return Before(event.get("priorState"), parse_iso_time(event.get("priorChange")))
+    return None

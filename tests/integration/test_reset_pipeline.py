@@ -162,12 +162,27 @@ async def test_ambiguous_504_is_resolved_by_read_back_without_resending(app: App
     assert record.history[-1].get("confirmedByReadBack") is True
 
 
-async def test_unprocessed_504_is_sent_again(app: App) -> None:
-    """A 504 that never reached the invitation service is followed by one real send."""
+async def test_504_without_evidence_ends_outcome_unknown_and_a_replay_sends_it_once(app: App) -> None:
+    """A 504 that left no trace is not re-sent on a guess: OutcomeUnknown; an operator's replay sends once."""
+    from shared.api import triage
+    from shared.reset.runtime import get_runtime
+
     app.graph.add_fault(method="POST", path="^/invitations$", status=504, times=1)
     await app.deliver({"userId": ADELE, "requestId": "retry-504"})
+    assert [p["status"] for p in app.graph.journal(method="POST")] == [504]
+    [poisoned] = await app.run_poison_handler()
+    assert poisoned["error"]["code"] == "OutcomeUnknown"
+    record = await app.status("retry-504")
+    assert record is not None and record.status is Status.FAILED and record.error_code == "OutcomeUnknown"
+    assert "audit log" in (record.error_message or "") and "poison replay" in (record.error_message or "")
+
+    report = await triage.replay(await get_runtime(), request_ids=["retry-504"])
+    assert report.moved == ["retry-504"]
+    [message] = app.drain(app.settings.request_queue)
+    await app.deliver(message)
     assert [p["status"] for p in app.graph.journal(method="POST")] == [504, 201]
-    assert len(app.graph.invitations()) == 1
+    record = await app.status("retry-504")
+    assert record is not None and record.status is Status.SUCCEEDED and record.verified is True
 
 
 async def test_transient_failure_is_handed_back_then_poisoned_with_history(app: App) -> None:
@@ -267,11 +282,11 @@ async def test_host_poisoned_copy_without_request_id_is_linked_by_its_body(app: 
     from shared.reset.worker import handle_poison_message
 
     await handle_poison_message(body, message_id="poison-copy-id")
-    record = await app.status("original-id")
-    assert record is not None and record.status is Status.FAILED
-    assert record.error_code == "DeliveryFailed" and "GraphUnavailable" in (record.error_message or "")
     [result] = app.results()
-    assert result["requestId"] == "original-id" and result["ticketId"] == "INC-HASH"
+    assert result["requestId"].startswith("auto-") and result["ticketId"] == "INC-HASH"
+    record = await app.status(result["requestId"])
+    assert record is not None and record.status is Status.FAILED and record.attempts == 1
+    assert record.error_code == "DeliveryFailed" and "GraphUnavailable" in (record.error_message or "")
 
 
 async def test_queue_message_with_a_callback_off_the_allowlist_is_refused(app: App) -> None:

@@ -28,6 +28,8 @@ def env(**overrides: str) -> dict[str, str]:
         "GRAPH_BASE_URL": "http://127.0.0.1:8765/v1.0",
         "GRAPH_RETRY_DELAYS": "0.01,0.02",
         "GRAPH_WRITES_PER_SECOND": "100",
+        # One read-back, no waiting: unit tests never sleep (readback.py's polling has its own tests).
+        "READBACK_WINDOW_SECONDS": "0",
     }
     values.update(overrides)
     return values

@@ -77,6 +77,7 @@ def stub_runtime(
     results: QueueClient | None = None,
     poison: QueueClient | None = None,
     requests: QueueClient | None = None,
+    callbacks: QueueClient | None = None,
 ) -> Runtime:
     """A whole runtime in memory: the Graph stub and storage doubles, or the ones given (tests, tools).
 
@@ -93,6 +94,7 @@ def stub_runtime(
             results=results or MemoryQueue(settings.result_queue),
             poison=poison or MemoryQueue(settings.poison_queue),
             requests=requests or MemoryQueue(settings.request_queue),
+            callbacks=callbacks or MemoryQueue(settings.callback_queue),
         ),
     )
 

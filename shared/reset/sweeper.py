@@ -52,7 +52,8 @@ async def sweep(runtime: Runtime | None = None, *, now: datetime | None = None) 
     runtime = runtime or await get_runtime()
     now = now or utcnow()
     cutoff = now - timedelta(seconds=runtime.settings.sweep_grace_seconds)
-    odata = "RowKey eq @row and (Status eq @accepted or Status eq @processing) and UpdatedAt lt @cutoff"
+    # The SDK substitutes "@name" only when a space follows it.
+    odata = "RowKey eq @row and ( Status eq @accepted or Status eq @processing ) and UpdatedAt lt @cutoff"
     params = {
         "row": ROW_KEY,
         "accepted": str(Status.ACCEPTED),

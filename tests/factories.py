@@ -108,6 +108,7 @@ def isolated_env(connection_string: str, graph_base_url: str, **overrides: str) 
         "GRAPH_BASE_URL": graph_base_url,
         "RESET_REQUEST_QUEUE": f"req-{suffix}",
         "RESET_RESULT_QUEUE": f"res-{suffix}",
+        "RESET_CALLBACK_QUEUE": f"cb-{suffix}",
         "RESET_STATUS_TABLE": f"Status{suffix}",
         "GRAPH_RETRY_DELAYS": "0.05,0.1",
         "GRAPH_MAX_ATTEMPTS": "4",

@@ -1,4 +1,5 @@
-"""CLI: `python -m tools.devhost [--app-dir DIR] [--host H] [--port P] [--max-polling-interval S] [--ready-file F]`."""
+"""CLI: `python -m tools.devhost [--app-dir DIR] [--host H] [--port P] [--max-polling-interval S] [--ready-file F]
+[--message-lease S]`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tools.devhost.host import serve
+from tools.devhost.queues import LEASE_SECONDS
 from tools.devhost.settings import StartupError
 
 log = logging.getLogger("devhost")
@@ -31,6 +33,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cap on host.json maxPollingInterval, for local speed (default 1.0)",
     )
     parser.add_argument("--ready-file", type=Path, help="write the base URL here once serving")
+    parser.add_argument(
+        "--message-lease",
+        type=int,
+        default=LEASE_SECONDS,
+        metavar="SECONDS",
+        help=(
+            "development only: how long a received message stays invisible while it runs "
+            f"(the Functions host: {LEASE_SECONDS} s); shorter brings a killed runner's messages back sooner"
+        ),
+    )
     return parser.parse_args(argv)
 
 
@@ -44,6 +56,7 @@ async def _run(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         max_polling_interval=args.max_polling_interval,
+        message_lease=args.message_lease,
         stop_event=stop,
         ready_file=args.ready_file,
     )

@@ -47,6 +47,7 @@ def running_devhost(
     *,
     max_polling_interval: float = 1.0,
     timeout: float = 30.0,
+    message_lease: int | None = None,
 ) -> Iterator[DevHostProcess]:
     """Start the devhost for app_dir with `env` layered over this process's environment."""
     workdir = Path(tempfile.mkdtemp(prefix="devhost-"))
@@ -63,6 +64,7 @@ def running_devhost(
         str(max_polling_interval),
         "--ready-file",
         str(ready),
+        *(["--message-lease", str(message_lease)] if message_lease is not None else []),
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)

@@ -12,6 +12,7 @@ over from saving anything more.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -206,6 +207,9 @@ class Lease:
     owner: str
     until: datetime
     etag: str | None
+    released: bool = False
+    # Renewals and the final save take turns, so the save never carries an ETag a renewal just replaced.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
     def live(self, now: datetime | None = None) -> bool:
         return self.until > (now or utcnow())
@@ -393,12 +397,15 @@ class StatusStore:
 
         until = utcnow() + CLAIM
         try:
-            meta = await self._table.update_entity(
-                self._lease_entity(lease.request_id, lease.owner, until),
-                mode=UpdateMode.REPLACE,
-                etag=lease.etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
+            async with lease.lock:
+                if lease.released:
+                    return
+                meta = await self._table.update_entity(
+                    self._lease_entity(lease.request_id, lease.owner, until),
+                    mode=UpdateMode.REPLACE,
+                    etag=lease.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
         except (ResourceModifiedError, ResourceNotFoundError):
             raise ClaimLostError(f"the claim on {lease.request_id} lapsed and another delivery took it over") from None
         except AzureError as error:
@@ -414,10 +421,13 @@ class StatusStore:
         from azure.core import MatchConditions
         from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
 
+        if lease.released:
+            return True
         try:
             await self._table.delete_entity(
                 lease.request_id, LEASE_ROW_KEY, etag=lease.etag, match_condition=MatchConditions.IfNotModified
             )
+            lease.released = True
         except ResourceNotFoundError:
             return True
         except ResourceModifiedError:
@@ -524,6 +534,45 @@ class StatusStore:
 
     async def aclose(self) -> None:
         await self._table.close()
+
+
+class ClaimedStore(StatusStore):
+    """The status store as the holder of ``lease`` uses it: the save that ends the request also gives
+    the claim back, in one transaction (one round trip fewer per request than a separate release)."""
+
+    def __init__(self, store: StatusStore, lease: Lease) -> None:
+        super().__init__(store._table)
+        self._lease = lease
+
+    async def save(self, record: StatusRecord, **changes: Any) -> StatusRecord:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, HttpResponseError
+        from azure.data.tables import UpdateMode
+
+        status = changes.get("status", record.status)
+        if not Status(status).terminal or self._lease.released or record.request_id != self._lease.request_id:
+            return await super().save(record, **changes)
+        updated = replace(record, updated_at=utcnow(), **changes)
+        guarded = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
+        async with self._lease.lock:
+            lease_key = {"PartitionKey": record.request_id, "RowKey": LEASE_ROW_KEY}
+            operations: Any = [
+                ("update", _to_entity(updated), {**guarded, "etag": record.etag}),
+                ("delete", lease_key, {"etag": self._lease.etag, "match_condition": MatchConditions.IfNotModified}),
+            ]
+            try:
+                status_meta, _ = await self._table.submit_transaction(operations)
+            except HttpResponseError as error:
+                if error.status_code in {404, 409, 412}:
+                    # The record or the claim changed hands: another delivery holds the request now.
+                    raise TransientError(
+                        f"status of {record.request_id} changed under us; will retry", code="StatusConflict"
+                    ) from None
+                raise _storage_error("saving a status", error) from error
+            except AzureError as error:
+                raise _storage_error("saving a status", error) from error
+            self._lease.released = True
+        return replace(updated, etag=status_meta.get("etag"))
 
 
 async def derive_request_id(store: StatusStore, request: ResetRequest, *, scope: str, at: datetime) -> str:

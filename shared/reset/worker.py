@@ -46,6 +46,7 @@ from shared.reset.runtime import Runtime, get_runtime
 from shared.reset.service import ResetService
 from shared.reset.status import (
     HEARTBEAT_SECONDS,
+    ClaimedStore,
     Lease,
     Status,
     StatusRecord,
@@ -171,7 +172,8 @@ async def _work(
     try:
         with delivery_deadline(runtime.settings.delivery_deadline_seconds):
             try:
-                return await ResetService(runtime.settings, runtime.graph, runtime.status).run(request, record)
+                store = ClaimedStore(runtime.status, lease)
+                return await ResetService(runtime.settings, runtime.graph, store).run(request, record)
             except DeliveryDeferred as held:
                 await _hold(runtime, body, request, record, held, dequeue_count)
             except ResetError as error:

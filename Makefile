@@ -43,7 +43,7 @@ bench: deps
 bench-quick: deps
 	$(PY) -m tools.bench all --quick
 
-# The chaos suite (docs/operations.md#the-chaos-suite): 1,000 requests per seed, two seeds.
+# The chaos suite (docs/development.md#chaos-suite): 1,000 requests per seed, two seeds.
 CHAOS_SEEDS ?= 1 2
 chaos: deps
 	$(PY) -m tools.chaos --requests 1000 $(foreach seed,$(CHAOS_SEEDS),--seed $(seed))

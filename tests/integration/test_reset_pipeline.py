@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from urllib.parse import unquote
 
@@ -295,3 +296,45 @@ async def test_queue_message_with_a_callback_off_the_allowlist_is_refused(app: A
     [poisoned] = app.poison()
     assert poisoned["error"]["code"] == "InvalidRequest" and "callbackUrl" in poisoned["error"]["message"]
     assert app.graph.journal() == []
+
+
+async def test_a_retry_after_longer_than_the_delivery_holds_the_request_on_the_queue(app: App) -> None:
+    """Graph asks for ten minutes: the delivery completes, a copy waits invisible on the real queue, nothing fails."""
+    from azure.storage.queue import QueueClient
+
+    app.graph.add_fault(method="POST", path="^/invitations$", status=429, retry_after="600", times=1)
+    await app.deliver({"userId": ADELE, "requestId": "held"}, dequeue_count=1)
+    queue = QueueClient.from_connection_string(app.connection_string, app.settings.request_queue)
+    assert queue.get_queue_properties().approximate_message_count == 1
+    assert queue.peek_messages(max_messages=5) == [], "invisible until Graph's wait is over"
+    record = await app.status("held")
+    assert record is not None and record.status is Status.PROCESSING and record.deferrals == 1
+    assert record.phase == "InviteNotSent" and app.graph.invitations() == [] and app.poison() == []
+
+
+async def test_a_dead_deliverys_claim_lapses_and_the_next_one_finishes_by_evidence(app: App) -> None:
+    """A worker died after Graph took the invitation and before it saved: once its claim lapses the
+    next delivery reads the guest back and records Succeeded, with one invitation in all."""
+    from shared.reset.runtime import get_runtime
+    from shared.reset.status import LEASE_ROW_KEY, iso_time, utcnow
+
+    app.graph.add_fault(method="POST", path="^/invitations$", status=None, drop=True, after_processing=True, times=1)
+    app.graph.add_fault(method="GET", path=f"^/users/{ADELE}$", status=403, times=None)
+    await app.deliver({"userId": ADELE, "requestId": "dead"})  # stands in for the dead worker
+    app.graph.clear_faults()
+    table = (await get_runtime()).status._table
+    from azure.core.exceptions import ResourceNotFoundError
+
+    with contextlib.suppress(ResourceNotFoundError):
+        await table.delete_entity("dead", LEASE_ROW_KEY)
+    store = (await get_runtime()).status
+    record = await store.get("dead")
+    assert record is not None
+    await store.save(record, status=Status.PROCESSING, phase="Inviting")  # the state it died in
+    await table.create_entity(
+        {"PartitionKey": "dead", "RowKey": LEASE_ROW_KEY, "Owner": "gone:1:x", "Until": iso_time(utcnow())}
+    )
+    await app.deliver({"userId": ADELE, "requestId": "dead"}, dequeue_count=2)
+    record = await app.status("dead")
+    assert record is not None and record.status is Status.SUCCEEDED and record.verified is True
+    assert len(app.graph.invitations()) == 1 and len(app.graph.journal(method="POST")) == 1

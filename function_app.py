@@ -4,6 +4,7 @@ import azure.functions as func
 
 from shared.api import handlers as api
 from shared.bulk.job import run_bulk_job
+from shared.reset.backlog import observe_backlog
 from shared.reset.callbacks import handle_callback_message
 from shared.reset.sweeper import sweep
 from shared.reset.worker import handle_poison_message, handle_request_message
@@ -64,6 +65,13 @@ async def bulk_reset_job(timer: func.TimerRequest) -> None:
     await run_bulk_job()
 
 
+@app.function_name("observe_backlog")
+@app.timer_trigger(arg_name="timer", schedule="0 */5 * * * *", run_on_startup=False, use_monitor=False)
+async def observe_backlog_job(timer: func.TimerRequest) -> None:
+    """Every five minutes: poison depth and stuck requests, as metrics for the workbook and alerts."""
+    await observe_backlog()
+
+
 @app.route(route="resets", methods=ALL_METHODS)
 async def submit_resets(req: func.HttpRequest) -> func.HttpResponse:
     return await _http(api.submit_resets, req)
@@ -92,3 +100,13 @@ async def list_poison(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="poison/replay", methods=ALL_METHODS, auth_level=func.AuthLevel.ADMIN)
 async def replay_poison(req: func.HttpRequest) -> func.HttpResponse:
     return await _http(api.replay_poison, req)
+
+
+@app.route(route="breaker", methods=ALL_METHODS, auth_level=func.AuthLevel.ADMIN)
+async def breaker_status(req: func.HttpRequest) -> func.HttpResponse:
+    return await _http(api.breaker_status, req)
+
+
+@app.route(route="breaker/close", methods=ALL_METHODS, auth_level=func.AuthLevel.ADMIN)
+async def close_breaker(req: func.HttpRequest) -> func.HttpResponse:
+    return await _http(api.close_breaker, req)

@@ -32,9 +32,9 @@ param logAnalyticsName string = ''
 param applicationInsightsName string = ''
 
 // ---------------------------------------------------------------------------------------------
-// Scale and Graph write budget. The tenant-wide write rate is at most
-// maximumInstanceCount x worker processes per instance (1 on Flex) x graphWritesPerSecond;
-// infra/README.md explains how that compares with Graph's write quotas.
+// Scale and the Graph write budget. The budget is app-wide: every instance draws its write
+// slots from one schedule in the state table, so it holds whatever maximumInstanceCount is
+// (docs/operations.md, "The Graph write budget").
 // ---------------------------------------------------------------------------------------------
 @minValue(40)
 @maxValue(1000)
@@ -49,8 +49,12 @@ param maximumInstanceCount int = 40
 @description('Memory per instance in MB.')
 param instanceMemoryMB int = 2048
 
-@description('GRAPH_WRITES_PER_SECOND: Graph writes per second each worker process may send (a positive decimal). 0.5 x 40 instances = 20 writes/s, the per app+tenant write quota.')
-param graphWritesPerSecond string = '0.5'
+@description('GRAPH_WRITES_PER_SECOND: Graph writes per second for the whole app, all instances together (a positive decimal). 18 keeps 10% under Graph\'s 3,000 writes per 150 s per app and tenant.')
+param graphWritesPerSecond string = '18'
+
+@minValue(1)
+@description('GRAPH_WRITE_BURST: writes the app may send at once after an idle spell, before the per-second pace applies.')
+param graphWriteBurst int = 15
 
 @description('GRAPH_RETRY_DELAYS: seconds between Graph retries, comma separated (Retry-After wins when Graph sends it).')
 param graphRetryDelays string = '1,2,4,8'
@@ -75,8 +79,27 @@ param graphTimeoutSeconds int = 30
 @description('GRAPH_BASE_URL: Microsoft Graph endpoint of the tenant\'s cloud (global, US Gov L4, US Gov L5 DoD, China).')
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 
-@description('INVITE_REDIRECT_URL: where a guest lands after redeeming the new invitation.')
-param inviteRedirectUrl string = 'https://myapps.microsoft.com'
+@description('INVITE_REDIRECT_URL: where a guest lands after redeeming the new invitation. Empty: the cloud\'s My Apps portal opened in this tenant (https://myapps.microsoft.com?tenantId=<tenant> in the global cloud).')
+param inviteRedirectUrl string = ''
+
+@allowed([
+  'transitive'
+  'direct'
+])
+@description('ROLE_CHECK: transitive reads Graph beta transitiveRoleAssignments (direct and group-held roles); direct reads v1.0 roleAssignments (direct roles only). docs/graph.md explains the choice.')
+param roleCheck string = 'transitive'
+
+@minValue(0)
+@maxValue(120)
+@description('REPLICATION_WAIT_SECONDS: how long a reset waits for its own email switch to read back before inviting.')
+param replicationWaitSeconds int = 30
+
+@description('INVITATIONS_PER_MINUTE: app-wide pace of reset invitations (a positive decimal), apart from GRAPH_WRITES_PER_SECOND; Microsoft publishes no rate, see docs/operations.md.')
+param invitationsPerMinute string = '6'
+
+@minValue(1)
+@description('BREAKER_HOLD_SECONDS: while the invitation breaker is open, a held request looks again this often.')
+param breakerHoldSeconds int = 300
 
 @description('SEND_INVITATION_MESSAGE: default for requests that do not say whether Microsoft should email the invitation.')
 param sendInvitationMessage bool = false
@@ -120,10 +143,24 @@ param callbackQueueName string = 'guest-reset-callbacks'
 @description('RESET_STATUS_TABLE: table holding one status record per requestId.')
 param statusTableName string = 'GuestResetStatus'
 
+@description('RESET_STATE_TABLE: table holding the state all instances share (the Graph write budget\'s schedule).')
+param stateTableName string = 'GuestResetState'
+
+// ---------------------------------------------------------------------------------------------
+// Monitoring: a workbook and alert rules on Application Insights (docs/operations.md is the runbook).
+// ---------------------------------------------------------------------------------------------
+@description('Email address that receives the alerts (an action group). Empty: the alert rules still fire and show in the portal, but notify nobody.')
+param alertEmailAddress string = ''
+
+@minValue(1)
+@maxValue(100)
+@description('Alert when more than this percentage of finished requests failed over 30 minutes (at least 10 finished).')
+param alertFailureRatePercent int = 10
+
 // ---------------------------------------------------------------------------------------------
 // Permissions and front-door options.
 // ---------------------------------------------------------------------------------------------
-@description('Grant the identity the Microsoft Graph application permission User.ReadWrite.All during deployment (Microsoft Graph Bicep extension, public cloud only). The deployer needs the Entra role Privileged Role Administrator (or Global Administrator). Leave false and run infra/scripts/grant-graph-permission.sh when another team grants permissions.')
+@description('Grant the identity the Microsoft Graph application permissions User.ReadWrite.All and RoleManagement.Read.Directory during deployment (Microsoft Graph Bicep extension, public cloud only). The deployer needs the Entra role Privileged Role Administrator (or Global Administrator). Leave false and run infra/scripts/grant-graph-permission.sh when another team grants permissions.')
 param grantGraphPermission bool = false
 
 @description('Put App Service authentication (Microsoft Entra ID) in front of the HTTP API, on top of function keys.')
@@ -210,6 +247,7 @@ module storage 'app/storage.bicep' = {
     ]
     tableNames: [
       statusTableName
+      stateTableName
     ]
     logAnalyticsWorkspaceId: enableStorageDiagnostics ? monitoring.outputs.logAnalyticsWorkspaceId : ''
   }
@@ -247,6 +285,7 @@ module api 'app/api.bicep' = {
     resultQueueName: resultQueueName
     callbackQueueName: callbackQueueName
     statusTableName: statusTableName
+    stateTableName: stateTableName
     graphBaseUrl: graphBaseUrl
     inviteRedirectUrl: inviteRedirectUrl
     sendInvitationMessage: sendInvitationMessage
@@ -254,10 +293,15 @@ module api 'app/api.bicep' = {
     blockedEmailDomains: blockedEmailDomains
     allowMemberReset: allowMemberReset
     graphWritesPerSecond: graphWritesPerSecond
+    graphWriteBurst: graphWriteBurst
     graphRetryDelays: graphRetryDelays
     graphMaxAttempts: graphMaxAttempts
     graphTimeoutSeconds: graphTimeoutSeconds
     callbackAllowedHosts: callbackAllowedHosts
+    roleCheck: roleCheck
+    replicationWaitSeconds: replicationWaitSeconds
+    invitationsPerMinute: invitationsPerMinute
+    breakerHoldSeconds: breakerHoldSeconds
     bulkContainerName: bulkContainerName
     bulkSchedule: bulkSchedule
     sweepSchedule: sweepSchedule
@@ -269,6 +313,19 @@ module api 'app/api.bicep' = {
     authAllowedAudiences: authAllowedAudiences
     authAllowedClientApplications: authAllowedClientApplications
     allowedCallers: allowedCallers
+  }
+}
+
+module observability 'app/observability.bicep' = {
+  name: 'observability'
+  scope: rg
+  params: {
+    namePrefix: 'guest-reset-${resourceToken}'
+    location: location
+    tags: tags
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    alertEmailAddress: alertEmailAddress
+    failureRatePercent: alertFailureRatePercent
   }
 }
 
@@ -298,4 +355,6 @@ output AZURE_MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output AZURE_MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output AZURE_APPLICATION_INSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
 output AZURE_LOG_ANALYTICS_WORKSPACE_NAME string = monitoring.outputs.logAnalyticsWorkspaceName
+output AZURE_RESET_STATE_TABLE string = stateTableName
+output AZURE_WORKBOOK_ID string = observability.outputs.workbookId
 output GRAPH_PERMISSION_GRANTED_BY_DEPLOYMENT bool = grantGraphPermission

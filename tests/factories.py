@@ -12,13 +12,16 @@ import pytest
 
 from shared.platform.settings import Settings, get_settings, parse_settings, reset_settings
 from shared.platform.storage_stub import MemoryQueue, MemoryTable
-from shared.reset.graph import GuestUser
+from shared.reset.graph import GuestUser, RoleAssignment
 from shared.reset.graph_stub import DirectoryUser, StubGraphGateway
 from shared.reset.runtime import Runtime, reset_runtime, set_runtime_factory, stub_runtime
 from shared.reset.status import Status, StatusRecord, StatusStore
 from shared.reset.worker import handle_poison_message, handle_request_message
 
 GUEST_ID = "6a1b3c4d-0000-4000-8000-00000000a001"
+# Built-in role definition (template) ids, the same in every tenant.
+USER_ADMINISTRATOR = "fe930be7-5e62-47db-91af-98c3a49a38b1"
+HELPDESK_ADMINISTRATOR = "729827e3-9c14-49f7-bb1b-9608f156bbb8"
 
 
 def env(**overrides: str) -> dict[str, str]:
@@ -30,6 +33,8 @@ def env(**overrides: str) -> dict[str, str]:
         "GRAPH_WRITES_PER_SECOND": "100",
         # One read-back, no waiting: unit tests never sleep (readback.py's polling has its own tests).
         "READBACK_WINDOW_SECONDS": "0",
+        # Pacing is shown by its own tests; elsewhere it would only slow the suite down.
+        "INVITATIONS_PER_MINUTE": "6000",
     }
     values.update(overrides)
     return values
@@ -68,6 +73,11 @@ def directory_user(**overrides: Any) -> DirectoryUser:
     }
     values.update(overrides)
     return DirectoryUser(**values)
+
+
+def role(definition: str = USER_ADMINISTRATOR, *, scope: str = "/", principal: str = GUEST_ID) -> RoleAssignment:
+    """A role assignment: tenant-wide and held by the guest itself unless told otherwise."""
+    return RoleAssignment(role_definition_id=definition, directory_scope_id=scope, principal_id=principal)
 
 
 def internal_user(**overrides: Any) -> DirectoryUser:
@@ -110,10 +120,14 @@ def isolated_env(connection_string: str, graph_base_url: str, **overrides: str) 
         "RESET_RESULT_QUEUE": f"res-{suffix}",
         "RESET_CALLBACK_QUEUE": f"cb-{suffix}",
         "RESET_STATUS_TABLE": f"Status{suffix}",
+        "RESET_STATE_TABLE": f"State{suffix}",
         "GRAPH_RETRY_DELAYS": "0.05,0.1",
         "GRAPH_MAX_ATTEMPTS": "4",
         "GRAPH_WRITES_PER_SECOND": "50",
         "READBACK_WINDOW_SECONDS": "2",
+        # Pacing is shown by its own tests; elsewhere it would only slow the suite down.
+        "INVITATIONS_PER_MINUTE": "6000",
+        "BREAKER_HOLD_SECONDS": "1",
     }
     values.update(overrides)
     return values

@@ -30,6 +30,7 @@ param requestQueueName string
 param resultQueueName string
 param callbackQueueName string
 param statusTableName string
+param stateTableName string
 param graphBaseUrl string
 param inviteRedirectUrl string
 param sendInvitationMessage bool
@@ -37,10 +38,23 @@ param allowedEmailDomains string
 param blockedEmailDomains string
 param allowMemberReset bool
 param graphWritesPerSecond string
+param graphWriteBurst int
 param graphRetryDelays string
 param graphMaxAttempts int
 param graphTimeoutSeconds int
 param callbackAllowedHosts string
+
+@description('ROLE_CHECK: transitive (beta transitiveRoleAssignments, group-held roles too) or direct (v1.0 roleAssignments).')
+param roleCheck string
+
+@description('REPLICATION_WAIT_SECONDS: how long a reset waits for its own email switch to read back.')
+param replicationWaitSeconds int
+
+@description('INVITATIONS_PER_MINUTE: app-wide pace of POST /invitations (a positive decimal).')
+param invitationsPerMinute string
+
+@description('BREAKER_HOLD_SECONDS: while the invitation breaker is open, a held request looks again this often.')
+param breakerHoldSeconds int
 
 @description('BULK_CONTAINER: blob container the bulk job reads CSV files from (incoming/) and writes reports to.')
 param bulkContainerName string
@@ -157,21 +171,34 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     AZURE_CLIENT_ID: identityClientId
     APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+    // The worker streams its own OpenTelemetry (host.json telemetryMode OpenTelemetry); the
+    // libraries' HTTP spans stay off: their URLs would carry Graph $filter email addresses and
+    // Logic Apps callback signatures (docs/operations.md, Telemetry).
+    PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+    OTEL_PYTHON_DISABLED_INSTRUMENTATIONS: 'httpx,httpx2,requests,urllib,urllib3'
     RESET_REQUEST_QUEUE: requestQueueName
     RESET_RESULT_QUEUE: resultQueueName
     RESET_CALLBACK_QUEUE: callbackQueueName
     RESET_STATUS_TABLE: statusTableName
+    RESET_STATE_TABLE: stateTableName
     GRAPH_BASE_URL: graphBaseUrl
+    // The tenant the app works in: the default redirect opens My Apps in it (?tenantId=).
+    AZURE_TENANT_ID: tenant().tenantId
     INVITE_REDIRECT_URL: inviteRedirectUrl
     SEND_INVITATION_MESSAGE: sendInvitationMessage ? 'true' : 'false'
     ALLOWED_EMAIL_DOMAINS: allowedEmailDomains
     BLOCKED_EMAIL_DOMAINS: blockedEmailDomains
     ALLOW_MEMBER_RESET: allowMemberReset ? 'true' : 'false'
     GRAPH_WRITES_PER_SECOND: graphWritesPerSecond
+    GRAPH_WRITE_BURST: string(graphWriteBurst)
     GRAPH_RETRY_DELAYS: graphRetryDelays
     GRAPH_MAX_ATTEMPTS: string(graphMaxAttempts)
     GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
     CALLBACK_ALLOWED_HOSTS: callbackAllowedHosts
+    ROLE_CHECK: roleCheck
+    REPLICATION_WAIT_SECONDS: string(replicationWaitSeconds)
+    INVITATIONS_PER_MINUTE: invitationsPerMinute
+    BREAKER_HOLD_SECONDS: string(breakerHoldSeconds)
     BULK_CONTAINER: bulkContainerName
     BULK_SCHEDULE: bulkSchedule
     SWEEP_SCHEDULE: sweepSchedule

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.api.principal import Caller
+from shared.platform import telemetry
 from shared.platform.errors import IntakeError, InvalidRequestError, ResetError, TransientError
 from shared.platform.logs import app_logger
 from shared.reset.callbacks import callback_allowed
@@ -158,7 +159,8 @@ def validate_submission(
 
 
 async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str) -> Receipt:
-    text = canonical_json(request, requestId=request_id)
+    # The message carries this trace, so the worker's span joins it (one trace per request).
+    text = canonical_json(request, requestId=request_id, traceparent=telemetry.current_traceparent())
     record = StatusRecord.for_request(request, request_id, Status.ACCEPTED, message=text)
     created = await runtime.status.create(replace(record, history=record.with_event("accepted")))
     if created is None:
@@ -196,7 +198,8 @@ async def accept(runtime: Runtime, items: list[Item], *, now: datetime | None = 
             )
             return await _accept_one(runtime, item.request, request_id)
 
-    outcomes = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
+    with telemetry.span("accept resets", requests=len(items), requestId=items[0].request_id or "(derived)"):
+        outcomes = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
     receipts = [o for o in outcomes if isinstance(o, Receipt)]
     failures = [o for o in outcomes if not isinstance(o, Receipt)]
     if failures:

@@ -37,13 +37,19 @@ DEFAULTS: dict[str, str] = {
     "RESET_RESULT_QUEUE": "guest-reset-results",
     "RESET_STATUS_TABLE": "GuestResetStatus",
     "RESET_CALLBACK_QUEUE": "guest-reset-callbacks",
+    "RESET_STATE_TABLE": "GuestResetState",
     "GRAPH_BASE_URL": "https://graph.microsoft.com/v1.0",
-    "INVITE_REDIRECT_URL": "https://myapps.microsoft.com",
+    # The directory (tenant) id; empty: read from the app's Graph token (its `tid` claim).
+    "AZURE_TENANT_ID": "",
+    # Empty: the cloud's My Apps portal for the tenant (my_apps_url below).
+    "INVITE_REDIRECT_URL": "",
     "SEND_INVITATION_MESSAGE": "false",
     "ALLOWED_EMAIL_DOMAINS": "",
     "BLOCKED_EMAIL_DOMAINS": "",
     "ALLOW_MEMBER_RESET": "false",
-    "GRAPH_WRITES_PER_SECOND": "10",
+    # App-wide, shared by every instance: 90% of Graph's 20 writes/s (docs/operations.md).
+    "GRAPH_WRITES_PER_SECOND": "18",
+    "GRAPH_WRITE_BURST": "15",
     "GRAPH_RETRY_DELAYS": "1,2,4,8",
     "GRAPH_MAX_ATTEMPTS": "5",
     "GRAPH_TIMEOUT_SECONDS": "30",
@@ -51,6 +57,15 @@ DEFAULTS: dict[str, str] = {
     "DELIVERY_DEADLINE_SECONDS": "240",
     # How long after an uncertain invitation the guest is read back for evidence.
     "READBACK_WINDOW_SECONDS": "60",
+    # transitive: beta transitiveRoleAssignments (direct and group-held roles, every scope);
+    # direct: v1.0 roleAssignments (direct roles only). docs/graph.md says why.
+    "ROLE_CHECK": "transitive",
+    # How long a reset waits for its own email switch to read back before inviting.
+    "REPLICATION_WAIT_SECONDS": "30",
+    # App-wide invitations per minute (POST /invitations), apart from GRAPH_WRITES_PER_SECOND.
+    "INVITATIONS_PER_MINUTE": "6",
+    # While the invitation breaker is open, a held request looks again this often.
+    "BREAKER_HOLD_SECONDS": "300",
     "CALLBACK_ALLOWED_HOSTS": (
         "*.logic.azure.com,*.azure-apim.net,*.flow.microsoft.com,*.powerautomate.com,*.api.powerplatform.com"
     ),
@@ -73,6 +88,17 @@ class GraphCloud(Enum):
     CHINA = "login.chinacloudapi.cn"
     EMULATOR = ""
 
+
+# Where a guest lands after redeeming, per cloud (with ?tenantId=): Microsoft's examples use My
+# Apps; docs/deploy.md#national-clouds gives the sources and what is our own reading.
+_MY_APPS = {
+    GraphCloud.GLOBAL: "https://myapps.microsoft.com",
+    GraphCloud.US_GOV: "https://myapps.microsoft.us",
+    GraphCloud.CHINA: "https://myapplications.windowsazure.cn",
+    GraphCloud.EMULATOR: "https://myapps.microsoft.com",
+}
+_GUID_RE = r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"
+ROLE_CHECKS = ("transitive", "direct")
 
 _GRAPH_HOSTS = {
     "graph.microsoft.com": GraphCloud.GLOBAL,
@@ -108,12 +134,13 @@ class Settings:
     graph_base_url: str
     graph_cloud: GraphCloud
     azure_client_id: str | None
-    invite_redirect_url: str
+    invite_redirect_url: str | None
     send_invitation_message: bool
     allowed_email_domains: frozenset[str]
     blocked_email_domains: frozenset[str]
     allow_member_reset: bool
     graph_writes_per_second: float
+    graph_write_burst: int
     graph_retry_delays: tuple[float, ...]
     graph_max_attempts: int
     graph_timeout_seconds: float
@@ -127,6 +154,12 @@ class Settings:
     readback_window_seconds: float = float(DEFAULTS["READBACK_WINDOW_SECONDS"])
     sweep_schedule: str = DEFAULTS["SWEEP_SCHEDULE"]
     sweep_grace_seconds: float = float(DEFAULTS["SWEEP_GRACE_SECONDS"])
+    tenant_id: str | None = None
+    role_check: str = DEFAULTS["ROLE_CHECK"]
+    replication_wait_seconds: float = float(DEFAULTS["REPLICATION_WAIT_SECONDS"])
+    invitations_per_minute: float = float(DEFAULTS["INVITATIONS_PER_MINUTE"])
+    breaker_hold_seconds: float = float(DEFAULTS["BREAKER_HOLD_SECONDS"])
+    state_table: str = DEFAULTS["RESET_STATE_TABLE"]
 
     @property
     def poison_queue(self) -> str:
@@ -135,6 +168,18 @@ class Settings:
     @property
     def uses_graph_emulator(self) -> bool:
         return self.graph_cloud is GraphCloud.EMULATOR
+
+    @property
+    def graph_beta_url(self) -> str:
+        """The same Graph host's beta root (one documented call, the transitive role check, lives there)."""
+        root, _, _version = self.graph_base_url.rpartition("/")
+        return f"{root}/beta"
+
+    def my_apps_url(self, tenant_id: str | None) -> str:
+        """The default redirect: the cloud's My Apps portal, opened in the tenant when it is known."""
+        base = _MY_APPS[self.graph_cloud]
+        tenant = self.tenant_id or tenant_id
+        return f"{base}?tenantId={tenant}" if tenant else base
 
     @property
     def graph_scope(self) -> str:
@@ -254,6 +299,24 @@ def _https_url(reader: _Reader, name: str) -> str:
     return value
 
 
+def _optional_https_url(reader: _Reader, name: str) -> str | None:
+    return _https_url(reader, name) if reader.text(name) else None
+
+
+def _tenant_id(reader: _Reader) -> str | None:
+    value = reader.text("AZURE_TENANT_ID")
+    if value and not re.match(_GUID_RE, value):
+        reader.problems.append(f"AZURE_TENANT_ID={value!r} is not a directory (tenant) id; give its GUID")
+    return value.lower() or None
+
+
+def _choice(reader: _Reader, name: str, choices: tuple[str, ...]) -> str:
+    value = reader.text(name).lower()
+    if value not in choices:
+        reader.problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value
+
+
 def _schedule(reader: _Reader, name: str) -> str:
     """An NCRONTAB expression with the seconds field, as the timer trigger reads it (UTC)."""
     value = reader.text(name)
@@ -345,12 +408,13 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         graph_base_url=graph_url,
         graph_cloud=cloud,
         azure_client_id=env.get("AZURE_CLIENT_ID", "").strip() or None,
-        invite_redirect_url=_https_url(reader, "INVITE_REDIRECT_URL"),
+        invite_redirect_url=_optional_https_url(reader, "INVITE_REDIRECT_URL"),
         send_invitation_message=reader.boolean("SEND_INVITATION_MESSAGE"),
         allowed_email_domains=reader.domains("ALLOWED_EMAIL_DOMAINS"),
         blocked_email_domains=reader.domains("BLOCKED_EMAIL_DOMAINS"),
         allow_member_reset=reader.boolean("ALLOW_MEMBER_RESET"),
         graph_writes_per_second=reader.number("GRAPH_WRITES_PER_SECOND", minimum=0.1, maximum=1000),
+        graph_write_burst=int(reader.number("GRAPH_WRITE_BURST", minimum=1, maximum=3000)),
         graph_retry_delays=delays,
         graph_max_attempts=int(reader.number("GRAPH_MAX_ATTEMPTS", minimum=1, maximum=20)),
         graph_timeout_seconds=graph_timeout,
@@ -364,6 +428,12 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         readback_window_seconds=window,
         sweep_schedule=_schedule(reader, "SWEEP_SCHEDULE"),
         sweep_grace_seconds=reader.number("SWEEP_GRACE_SECONDS", minimum=10, maximum=86_400),
+        tenant_id=_tenant_id(reader),
+        role_check=_choice(reader, "ROLE_CHECK", ROLE_CHECKS),
+        replication_wait_seconds=reader.number("REPLICATION_WAIT_SECONDS", minimum=0, maximum=120),
+        invitations_per_minute=reader.number("INVITATIONS_PER_MINUTE", minimum=0.1, maximum=6000),
+        breaker_hold_seconds=reader.number("BREAKER_HOLD_SECONDS", minimum=1, maximum=86400),
+        state_table=reader.name("RESET_STATE_TABLE", r"^[A-Za-z][A-Za-z0-9]{2,62}$", "table name"),
     )
     if reader.problems:
         raise SettingsError(reader.problems)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared.platform import telemetry
 from shared.platform.errors import InvalidRequestError, ResetError, TransientError
 from shared.platform.logs import app_logger, bind, bind_request, redacted
 from shared.platform.settings import Settings
@@ -63,7 +64,8 @@ async def post_outcome(url: str, payload: dict[str, Any], *, delays: tuple[float
         async with httpx.AsyncClient(timeout=ATTEMPT_TIMEOUT, follow_redirects=False, verify=TLS_VERIFY) as client:
             for delay in (*delays, None):
                 try:
-                    response = await client.post(url, json=payload)
+                    with telemetry.quiet():
+                        response = await client.post(url, json=payload)
                 except Exception as error:  # InvalidURL, TLS, DNS, timeouts: all just "not delivered"
                     problem = type(error).__name__
                 else:
@@ -82,7 +84,8 @@ async def post_outcome(url: str, payload: dict[str, Any], *, delays: tuple[float
 async def queue_callback(runtime: Runtime, record: StatusRecord) -> None:
     """After the outcome is stored: a job on the callback queue, if the request wants a callback."""
     if record.callback_url and record.status.terminal and record.callback_status not in {DELIVERED, FAILED}:
-        await runtime.publisher.send_callback({"requestId": record.request_id, "attempt": 1})
+        job = {"requestId": record.request_id, "attempt": 1, "traceparent": telemetry.current_traceparent()}
+        await runtime.publisher.send_callback({k: v for k, v in job.items() if v is not None})
 
 
 async def handle_callback_message(body: bytes, *, message_id: str, dequeue_count: int = 1) -> None:
@@ -90,11 +93,20 @@ async def handle_callback_message(body: bytes, *, message_id: str, dequeue_count
 
     Raises only when storage fails before anything was POSTed (the host retries the job).
     """
-    with bind_request(messageId=message_id, dequeueCount=dequeue_count):
-        try:
-            job = parse_json(body.decode("utf-8-sig"))
-        except (UnicodeDecodeError, InvalidRequestError):
-            job = None
+    try:
+        job = parse_json(body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, InvalidRequestError):
+        job = None
+    traceparent = job.get("traceparent") if isinstance(job, dict) else None
+    with (
+        bind_request(messageId=message_id, dequeueCount=dequeue_count),
+        telemetry.span(
+            "deliver callback",
+            kind="consumer",
+            traceparent=traceparent if isinstance(traceparent, str) else None,
+            dequeueCount=dequeue_count,
+        ),
+    ):
         request_id = job.get("requestId") if isinstance(job, dict) else None
         if not isinstance(request_id, str):
             log.warning("a callback job that names no request was dropped")
@@ -114,15 +126,21 @@ async def handle_callback_message(body: bytes, *, message_id: str, dequeue_count
         if not callback_allowed(record.callback_url, runtime.settings):
             await _record(runtime.status, record, FAILED, "the host is not on CALLBACK_ALLOWED_HOSTS")
             return
-        result = await post_outcome(record.callback_url, record.public())
+        # The host only: a Logic Apps callback URL carries its signature in the query string.
+        host = urlsplit(record.callback_url).hostname or ""
+        attributes = {"http.request.method": "POST", "server.address": host}
+        with telemetry.span("POST callback", kind="client", **attributes) as span:
+            result = await post_outcome(record.callback_url, record.public())
+            span.set_attribute("delivered", result.delivered)
         if result.delivered:
             log.info("callback delivered")
             await _record(runtime.status, record, DELIVERED, None)
         elif result.retry and attempt <= len(REDELIVERY_DELAYS):
             delay = REDELIVERY_DELAYS[attempt - 1]
             log.info("callback attempt %d failed (%s); trying again in %.0fs", attempt, result.problem, delay)
+            again = {"requestId": request_id, "attempt": attempt + 1, "traceparent": traceparent}
             try:
-                await runtime.publisher.send_callback({"requestId": request_id, "attempt": attempt + 1}, delay=delay)
+                await runtime.publisher.send_callback({k: v for k, v in again.items() if v is not None}, delay=delay)
             except ResetError as error:
                 await _record(runtime.status, record, FAILED, f"{result.problem}; the next try could not be queued")
                 log.warning("callback given up: its next try could not be queued: %s", error.message)

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     from azure.storage.queue.aio import QueueClient
 
 
-# A queue message can stay invisible for at most 7 days; holds are kept far shorter than that.
-MAX_HOLD_SECONDS = 3600
+# A queue message can stay invisible for at most 7 days (and must become visible before it expires).
+MAX_HOLD_SECONDS = 7 * 24 * 3600 - 60
 
 
 class Publisher:
@@ -62,13 +62,25 @@ class Publisher:
         await self._send(self._poison, envelope, delay=delay)
 
     async def send_request(self, body: dict[str, Any] | str, *, delay: float = 0) -> None:
-        """Enqueue a request; ``delay`` keeps it invisible that many seconds (at most an hour)."""
+        """Enqueue a request; ``delay`` keeps it invisible that many seconds (a held delivery)."""
         await self._send(self._requests, body, delay=delay)
 
     async def send_callback(self, job: dict[str, Any], *, delay: float = 0) -> None:
         if self._callbacks is None:
             raise RuntimeError("this publisher has no callback queue")
         await self._send(self._callbacks, job, delay=delay)
+
+    async def poison_depth(self) -> int:
+        """Messages waiting in the poison queue (approximate, as the service counts them)."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            properties = await self._poison.get_queue_properties()
+        except AzureError as error:
+            raise TransientError(
+                f"queue {self._poison.queue_name} unavailable: {type(error).__name__}", code="StorageUnavailable"
+            ) from error
+        return int(properties.approximate_message_count or 0)
 
     async def aclose(self) -> None:
         for queue in self._queues():

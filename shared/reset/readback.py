@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shared.platform.errors import DeliveryDeferred, OutcomeUnknownError, ResetError
+from shared.platform.errors import HoldError, OutcomeUnknownError, ResetError
 from shared.platform.logs import app_logger
+from shared.reset.deadline import MIN_CALL_SECONDS, time_left
 from shared.reset.graph import GraphGateway, GuestUser, SentInvitation
 from shared.reset.status import iso_time, utcnow
-from shared.reset.throttle import MIN_CALL_SECONDS, time_left
 
 log = app_logger()
 
@@ -102,7 +102,7 @@ async def resolve_uncertain(
 
     Never sends anything. Returns a confirmed invitation, or raises ``OutcomeUnknownError`` when
     the window ends without evidence (at once for a guest already PendingAcceptance). When the
-    delivery's deadline ends before the window does, ``DeliveryDeferred`` hands the rest of the
+    delivery's deadline ends before the window does, ``HoldError`` hands the rest of the
     wait to the next delivery, which resumes here.
     """
     if before is not None and before.shows_nothing:
@@ -115,15 +115,18 @@ async def resolve_uncertain(
         if wait > 0:
             if wait + MIN_CALL_SECONDS > time_left():
                 left = (ends - now()).total_seconds()
-                raise DeliveryDeferred(
+                raise HoldError(
                     "the invitation's outcome is not known yet and this delivery has no time left to wait for "
                     "evidence; the next delivery reads the guest back again",
                     delay=max(left, 1.0),
+                    code="AwaitingEvidence",
+                    held=False,
+                    limited=True,
                 )
             await sleep(wait)
         try:
             after = await graph.read_user(user_id)
-        except DeliveryDeferred:
+        except HoldError:
             raise
         except ResetError as error:
             problem = f"reading the user back failed: {error.code}"

@@ -51,6 +51,8 @@ class Status(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     DRY_RUN_PASSED = "DryRunPassed"
+    # Waiting for the invitation breaker to close (shared.reset.breaker); not an outcome.
+    HELD = "Held"
 
     @property
     def terminal(self) -> bool:
@@ -96,7 +98,8 @@ class StatusRecord:
     redeem_url: str | None = None
     phase: str | None = None
     invite_started_at: datetime | None = None
-    # Set when a delivery holds the request back on purpose (deferred): the sweeper leaves the
+    invite_slot: datetime | None = None
+    # Set when a delivery holds the request back on purpose (a hold): the sweeper leaves the
     # record alone until then instead of taking it for stalled.
     held_until: datetime | None = None
     deferrals: int = 0

@@ -5,10 +5,10 @@ Decisions made here and nowhere else:
   heartbeat renews it while the worker lives, every way out of the delivery releases it (only
   its owner can), and a worker that dies lets it lapse within ``CLAIM``.
 - No delivery deletes the message of a request that has not finished. One that meets another
-  delivery's live claim, or a wait that does not fit its deadline (``DeliveryDeferred``, raised
-  anywhere below), *holds* the request: a copy goes back on the queue, invisible until the claim
-  can have lapsed or the wait is over, and this delivery completes. Holding spends none of the
-  host's deliveries (``maxDequeueCount``).
+  delivery's live claim, a wait that does not fit its deadline, or the open invitation breaker
+  (``HoldError``, raised anywhere below) *holds* the request: a copy goes back on the queue,
+  invisible until the claim can have lapsed or the wait is over, and this delivery completes.
+  Holding spends none of the host's deliveries (``maxDequeueCount``).
 - A permanent failure is written to the poison queue at once (with its error block) and the
   delivery ends normally; a transient one is handed back to the host (raise) until the last
   delivery, where it is poisoned with its history; anything unexpected is re-raised for the host
@@ -30,7 +30,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.platform.errors import DeliveryDeferred, InvalidRequestError, ResetError, TransientError
+from shared.platform import telemetry
+from shared.platform.errors import HoldError, InvalidRequestError, ResetError, TransientError
 from shared.platform.logs import app_logger, bind, bind_request, mask_email, redact, redacted
 from shared.reset.callbacks import callback_allowed, queue_callback
 from shared.reset.contract import (
@@ -41,7 +42,10 @@ from shared.reset.contract import (
     parse_request,
     request_id_hint,
     stored_request,
+    traceparent_hint,
 )
+from shared.reset.deadline import delivery_deadline
+from shared.reset.queues import MAX_HOLD_SECONDS
 from shared.reset.runtime import Runtime, get_runtime
 from shared.reset.service import ResetService
 from shared.reset.status import (
@@ -54,7 +58,6 @@ from shared.reset.status import (
     derive_request_id,
     utcnow,
 )
-from shared.reset.throttle import delivery_deadline
 
 log = app_logger()
 
@@ -98,17 +101,32 @@ async def handle_request_message(
 
     ``inserted_at`` is when the message was first enqueued (the host passes it); a request
     without a requestId gets one derived from its content and that time. Every record written
-    meanwhile carries the delivery's context; whatever is raised to the host (which logs it as
-    it is) has its message redacted first.
+    meanwhile carries the delivery's context, and the delivery is one span of the request's trace
+    (its traceparent rides in the message); whatever is raised to the host (which logs it as it
+    is) has its message redacted first.
     """
-    with bind_request(messageId=message_id, dequeueCount=dequeue_count):
+    with (
+        bind_request(messageId=message_id, dequeueCount=dequeue_count),
+        telemetry.span(
+            "process reset", kind="consumer", traceparent=traceparent_hint(body), dequeueCount=dequeue_count
+        ),
+    ):
+        if inserted_at is not None:
+            telemetry.record("guest_reset.queue.age", max(0.0, (utcnow() - inserted_at).total_seconds()))
         try:
             await _deliver(body, message_id=message_id, dequeue_count=dequeue_count, inserted_at=inserted_at)
         except ResetError as error:
             raise redacted(error) from None
         except Exception as error:
+            _outcome("Retried", type(error).__name__)
             log.exception("the delivery crashed; the host will retry it")
             raise redacted(error) from None
+
+
+def _outcome(outcome: str, code: str | None = None) -> None:
+    """Count a delivery's outcome and put it on the delivery's span."""
+    telemetry.count("guest_reset.resets", outcome=outcome, code=code)
+    telemetry.annotate(outcome=outcome, code=code)
 
 
 async def defer_request(runtime: Runtime, request: ResetRequest, request_id: str, *, delay: float) -> None:
@@ -118,8 +136,10 @@ async def defer_request(runtime: Runtime, request: ResetRequest, request_id: str
     request queue, invisible for ``delay``; the caller then completes its delivery normally, which
     makes the host delete the message it holds. If the copy cannot be sent this raises, and the
     host keeps the original for its next delivery: nothing is lost either way. Code inside a
-    delivery raises ``DeliveryDeferred`` instead and the worker calls this.
+    delivery (the invitation breaker, pacing, deadlines) raises ``HoldError`` instead, and the
+    worker calls this and notes the hold on the record.
     """
+    delay = min(max(delay, 1.0), MAX_HOLD_SECONDS)
     await runtime.publisher.send_request(canonical_json(request, requestId=request_id), delay=delay)
 
 
@@ -135,14 +155,17 @@ async def _deliver(body: bytes, *, message_id: str, dequeue_count: int, inserted
     except InvalidRequestError as error:
         request_id = request_id_hint(body) or message_id
         bind(requestId=request_id, code=error.code)
+        telemetry.annotate(requestId=request_id)
         log.warning("invalid request sent to poison: %s", error.message)
         await runtime.publisher.send_poison(_envelope(body, request_id, error, 1, ()))
+        _outcome("Poisoned", error.code)
         return
 
     request_id = request.request_id or await derive_request_id(
         runtime.status, request, scope="queue", at=inserted_at or utcnow()
     )
     bind(requestId=request_id, ticketId=request.ticket_id)
+    telemetry.annotate(requestId=request_id, ticketId=request.ticket_id)
     template = StatusRecord.for_request(request, request_id, Status.PROCESSING, message_hash=message_hash(body))
     claim = await runtime.status.claim(template, owner=claim_owner())
     if claim.kind == "finished":
@@ -154,14 +177,16 @@ async def _deliver(body: bytes, *, message_id: str, dequeue_count: int, inserted
     if claim.kind == "busy":
         assert claim.busy_until is not None
         delay = (claim.busy_until - utcnow()).total_seconds() + CLAIM_MARGIN_SECONDS
-        await defer_request(runtime, request, request_id, delay=max(delay, 1.0))
+        await defer_request(runtime, request, request_id, delay=delay)
         log.info("another delivery holds the request's claim; this one is held for %.0fs", delay)
+        _outcome("Held", "Busy")
         return
     assert claim.lease is not None
     bind(attempt=claim.record.attempts)
     final = await _work(runtime, body, request, claim.record, claim.lease, dequeue_count)
     if final is not None:
         await _announce(runtime, final)
+        _outcome(str(final.status))
 
 
 async def _work(
@@ -173,8 +198,8 @@ async def _work(
         with delivery_deadline(runtime.settings.delivery_deadline_seconds):
             try:
                 store = ClaimedStore(runtime.status, lease)
-                return await ResetService(runtime.settings, runtime.graph, store).run(request, record)
-            except DeliveryDeferred as held:
+                return await ResetService(runtime.settings, runtime.graph, store, runtime.gate).run(request, record)
+            except HoldError as held:
                 await _hold(runtime, body, request, record, held, dequeue_count)
             except ResetError as error:
                 await _fail(runtime, body, record, error, dequeue_count)
@@ -221,18 +246,31 @@ async def _hold(
     body: bytes,
     request: ResetRequest,
     record: StatusRecord,
-    held: DeliveryDeferred,
+    held: HoldError,
     dequeue_count: int,
 ) -> None:
+    """Put the request back on the queue after ``held.delay``: not failed, not retried into a wait.
+
+    A breaker hold (``held.held``) also says so on the record (status Held, with the breaker's
+    code and message); every hold notes ``heldUntil`` so the sweeper leaves the request alone.
+    """
     latest = await runtime.status.get(record.request_id) or record
     if held.limited and latest.deferrals >= MAX_DEFERRALS:
         give_up = TransientError(f"{held.message} (held {latest.deferrals} times already)", code="HeldTooOften")
         await _fail(runtime, body, latest, give_up, dequeue_count, fresh=True)
         return
-    await defer_request(runtime, request, record.request_id, delay=held.delay)
-    changes = {"held_until": utcnow() + timedelta(seconds=held.delay), "deferrals": latest.deferrals + 1}
-    await _note_quietly(runtime.status, latest, "held", fresh=True, changes=changes, reason=held.message)
-    log.info("request held for %.0fs: %s", held.delay, held.message)
+    delay = min(max(held.delay, 1.0), MAX_HOLD_SECONDS)
+    await defer_request(runtime, request, record.request_id, delay=delay)
+    changes: dict[str, Any] = {
+        "held_until": utcnow() + timedelta(seconds=delay),
+        "deferrals": latest.deferrals + (1 if held.limited else 0),
+    }
+    if held.held:
+        changes.update(status=Status.HELD, phase="Held", error_code=held.code, error_message=held.message)
+    event = "held" if held.held else "waiting"
+    await _note_quietly(runtime.status, latest, event, fresh=True, changes=changes, code=held.code)
+    log.warning("request put back on the queue for %.0fs: %s", delay, held.message)
+    _outcome("Held", held.code)
 
 
 async def _fail(
@@ -252,9 +290,11 @@ async def _fail(
         await runtime.publisher.send_poison(_envelope(body, record.request_id, error, latest.attempts, history))
         await _note_quietly(runtime.status, latest, "poisoned", fresh=True, code=error.code, message=error.message)
         log.warning("request sent to poison: %s", error.message)
+        _outcome("Poisoned", error.code)
         return
     await _note_quietly(runtime.status, record, "transientFailure", fresh=fresh, code=error.code, message=error.message)
     log.warning("transient failure, the host will redeliver: %s", error.message)
+    _outcome("Retried", error.code)
     raise error
 
 
@@ -288,7 +328,10 @@ async def handle_poison_message(body: bytes, *, message_id: str, dequeue_count: 
     which a poison queue has no poison queue behind, the message is re-enqueued for later
     instead. Garbage that can never be parsed is recorded as Failed with its own code.
     """
-    with bind_request(messageId=message_id, dequeueCount=dequeue_count):
+    with (
+        bind_request(messageId=message_id, dequeueCount=dequeue_count),
+        telemetry.span("record poisoned reset", kind="consumer", traceparent=traceparent_hint(body)),
+    ):
         try:
             await _record_poisoned(body, message_id)
         except ResetError as error:
@@ -353,6 +396,7 @@ async def _record_poisoned(body: bytes, message_id: str) -> None:
         }
     final = await _store_failed(runtime.status, request_id, existing, request, error)
     bind(code=final.error_code)
+    telemetry.count("guest_reset.resets", outcome="Failed", code=final.error_code)
     log.warning("request failed: %s", final.error_message)
     await _announce(runtime, final)
 

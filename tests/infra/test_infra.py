@@ -41,6 +41,7 @@ EXPECTED_BICEP_FILES = {
     "app/graph-permission.bicep",
     "app/identity.bicep",
     "app/monitoring.bicep",
+    "app/observability.bicep",
     "app/rbac.bicep",
     "app/storage.bicep",
 }
@@ -68,7 +69,6 @@ FLEX_UNSUPPORTED_SETTINGS = {
 
 # Graph's published identity write quotas (learn.microsoft.com/graph/throttling-limits).
 GRAPH_APP_TENANT_WRITES_PER_SECOND = 3000 / 150  # 3,000 writes per 2 min 30 s per app+tenant
-WORKER_PROCESSES_PER_FLEX_INSTANCE = 1  # FUNCTIONS_WORKER_PROCESS_COUNT is not valid on Flex
 
 Node = dict[str, Any]
 
@@ -277,7 +277,7 @@ def test_storage_creates_the_app_queues_table_and_containers() -> None:
 
     params = body(tree(MAIN)["modules"]["storage"])["params"]
     assert params["queueNames"] == ["requestQueueName", "poisonQueueName", "resultQueueName", "callbackQueueName"]
-    assert params["tableNames"] == ["statusTableName"]
+    assert params["tableNames"] == ["statusTableName", "stateTableName"]
     assert params["containerNames"] == ["deploymentStorageContainerName", "bulkContainerName"]
 
     for resource_type, array in [
@@ -496,8 +496,12 @@ def test_people_get_blob_access_only_on_the_bulk_container() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_graph_permission_is_user_readwrite_all_behind_a_bool_parameter() -> None:
-    """The identity gets Graph's User.ReadWrite.All, and only when grantGraphPermission is true."""
+GRAPH_PERMISSIONS = ("User.ReadWrite.All", "RoleManagement.Read.Directory")
+
+
+def test_graph_permissions_are_granted_behind_a_bool_parameter() -> None:
+    """The identity gets Graph's User.ReadWrite.All and RoleManagement.Read.Directory, only when
+    grantGraphPermission is true."""
     grant_parameter = parameter(MAIN, "grantGraphPermission")
     assert grant_parameter["type"] == "bool"
     assert grant_parameter["default"] is False
@@ -525,18 +529,20 @@ def test_graph_permission_is_user_readwrite_all_behind_a_bool_parameter() -> Non
     assert config["extensions"]["microsoftGraphV1"].startswith(
         "br:mcr.microsoft.com/bicep/extensions/microsoftgraph/v1.0:"
     )
-    assert re.search(r"(?m)^var appRoleValue = 'User\.ReadWrite\.All'$", code(GRAPH_PERMISSION))
+    values = re.search(r"(?ms)^var appRoleValues = \[(.*?)^\]$", code(GRAPH_PERMISSION))
+    assert values is not None and re.findall(r"'([^']+)'", values.group(1)) == list(GRAPH_PERMISSIONS)
     assert re.search(r"(?m)^var graphAppId = '00000003-0000-0000-c000-000000000000'$", code(GRAPH_PERMISSION))
     (assignment,) = resources_of(GRAPH_PERMISSION, "Microsoft.Graph/appRoleAssignedTo").values()
+    assert body(assignment) is not assignment["config"], "one assignment per permission (a for loop)"
     assert set(body(assignment)) == {"resourceId", "appRoleId", "principalId"}
     assert body(assignment)["principalId"] == "principalId"
 
 
 def test_no_other_graph_permission_is_named() -> None:
-    """User.ReadWrite.All is the only Graph permission the infra or the grant script mentions."""
-    permission = re.compile(r"\b[A-Z][A-Za-z]+\.[A-Z][A-Za-z]+(?:\.[A-Z][A-Za-z]+)*\.All\b")
+    """The app's two permissions are the only Graph permissions the infra or the grant script name."""
+    permission = re.compile(r"\b[A-Z][A-Za-z]+\.[A-Z][A-Za-z]+(?:\.[A-Z][A-Za-z]+)*\.(?:All|Directory)\b")
     for path in [*BICEP_FILES, GRANT_SCRIPT]:
-        assert set(permission.findall(code(path))) <= {"User.ReadWrite.All"}, path.name
+        assert set(permission.findall(code(path))) <= set(GRAPH_PERMISSIONS), path.name
 
 
 def test_app_service_auth_is_optional_behind_a_bool_parameter() -> None:
@@ -560,19 +566,23 @@ def test_app_service_auth_is_optional_behind_a_bool_parameter() -> None:
     assert props["httpSettings"]["requireHttps"] is True
 
 
-def test_default_scale_stays_within_graph_app_write_quota() -> None:
-    """Default maximumInstanceCount x processes x GRAPH_WRITES_PER_SECOND fits 20 writes/s."""
+def test_default_write_budget_stays_within_graph_app_write_quota() -> None:
+    """GRAPH_WRITES_PER_SECOND is app-wide (shared through the state table), so the default alone must fit
+    Graph's 3,000 writes per 150 s with its burst, whatever maximumInstanceCount is; no per-worker workaround."""
     max_instances = parameter(MAIN, "maximumInstanceCount")
     assert decorator(max_instances, "min_value") == 40  # Flex rejects lower limits
     budget = float(parameter(MAIN, "graphWritesPerSecond")["default"])
-    worst_case = max_instances["default"] * WORKER_PROCESSES_PER_FLEX_INSTANCE * budget
-    assert 0 < worst_case <= GRAPH_APP_TENANT_WRITES_PER_SECOND
+    burst = int(parameter(MAIN, "graphWriteBurst")["default"])
+    assert 0 < budget < GRAPH_APP_TENANT_WRITES_PER_SECOND
+    assert burst + budget * 150 <= 3000 * 0.95  # any 150 s window, with room to spare
+    assert "per worker" not in str(parameter(MAIN, "graphWritesPerSecond").get("decorators", ""))
 
     # azd's parameter file defaults must not quietly raise it.
     values = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
     assert values["maximumInstanceCount"]["value"] == f"${{MAXIMUM_INSTANCE_COUNT={max_instances['default']}}}"
     assert values["graphWritesPerSecond"]["value"] == f"${{GRAPH_WRITES_PER_SECOND={budget:g}}}"
     assert app_settings()["GRAPH_WRITES_PER_SECOND"] == "graphWritesPerSecond"
+    assert app_settings()["RESET_STATE_TABLE"] == "stateTableName"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,12 +643,12 @@ def run_grant_script(tmp_path: Path, existing: str, *args: str) -> tuple[int, li
     return result.returncode, calls
 
 
-def test_grant_script_posts_the_app_role_once_when_missing(tmp_path: Path) -> None:
-    """Without an existing grant, the script posts one appRoleAssignedTo for User.ReadWrite.All."""
+def test_grant_script_posts_each_app_role_once_when_missing(tmp_path: Path) -> None:
+    """Without existing grants, the script posts one appRoleAssignedTo per permission the app needs."""
     code_, calls = run_grant_script(tmp_path, "", "--principal-id", PRINCIPAL)
     assert code_ == 0
     posts = [call for call in calls if call[:3] == ["rest", "--method", "POST"]]
-    assert len(posts) == 1
+    assert len(posts) == len(GRAPH_PERMISSIONS)
     post = posts[0]
     assert post[post.index("--url") + 1] == (
         "https://graph.microsoft.com/v1.0/servicePrincipals/graph-sp-id/appRoleAssignedTo"
@@ -648,8 +658,9 @@ def test_grant_script_posts_the_app_role_once_when_missing(tmp_path: Path) -> No
         "resourceId": "graph-sp-id",
         "appRoleId": "role-id",
     }
-    role_query = next(call for call in calls if call[:3] == ["ad", "sp", "show"] and "id" not in call)
-    assert "appRoles[?value=='User.ReadWrite.All'" in " ".join(role_query)
+    role_queries = " ".join(" ".join(call) for call in calls if call[:3] == ["ad", "sp", "show"])
+    for permission in GRAPH_PERMISSIONS:
+        assert f"appRoles[?value=='{permission}'" in role_queries
 
 
 def test_grant_script_is_idempotent(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import pytest
 
 from shared.platform.errors import (
     AmbiguousOutcomeError,
-    DeliveryDeferred,
     GraphRequestError,
+    HoldError,
     PolicyRefusedError,
     ResetError,
     TransientError,
@@ -216,8 +216,8 @@ async def test_throttling_pauses_every_call_of_the_worker() -> None:
 
 
 async def test_a_wait_longer_than_an_invocation_should_sleep_holds_the_request() -> None:
-    """Past MAX_IN_PROCESS_WAIT the request is held (DeliveryDeferred with Graph's wait), nothing slept."""
+    """Past MAX_IN_PROCESS_WAIT the request is held (HoldError with Graph's wait), nothing slept."""
     post = Post(graph_failure(429, write=True, retry_after=MAX_IN_PROCESS_WAIT + 1))
-    with pytest.raises(DeliveryDeferred) as held:
+    with pytest.raises(HoldError) as held:
         await call_with_retries(post, policy=NO_WAIT, budget=WriteBudget(100), what="x")
     assert post.sent == 1 and held.value.delay == MAX_IN_PROCESS_WAIT + 1

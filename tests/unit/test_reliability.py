@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from shared.api.handlers import ApiRequest, submit_resets
-from shared.platform.errors import DeliveryDeferred, InvalidRequestError, OutcomeUnknownError
+from shared.platform.errors import HoldError, InvalidRequestError, OutcomeUnknownError
 from shared.reset import callbacks
 from shared.reset.callbacks import Attempt, handle_callback_message
 from shared.reset.contract import IDEMPOTENCY_WINDOW, MAX_NESTING, check_nesting, parse_request
@@ -102,7 +102,7 @@ async def test_a_delivery_cancelled_at_shutdown_leaves_no_live_claim(app: StubAp
 
 async def test_a_wait_that_does_not_fit_holds_the_request_without_spending_a_delivery(app: StubApp) -> None:
     """Graph asks for ten minutes: a copy comes back after them, this delivery completes, nothing is poisoned."""
-    app.graph.fail("reset_redemption", lambda: DeliveryDeferred("Graph asked to wait", delay=600))
+    app.graph.fail("reset_redemption", lambda: HoldError("Graph asked to wait", delay=600, held=False, limited=True))
     await app.deliver(body(), dequeue_count=1)  # returns normally: the host deletes this delivery
     [(copy, hidden)] = app.requests_queue.hidden
     assert json.loads(copy)["requestId"] == RID and hidden == 600
@@ -116,18 +116,20 @@ async def test_a_wait_that_does_not_fit_holds_the_request_without_spending_a_del
 async def test_a_request_held_too_often_counts_as_a_failed_delivery(app: StubApp) -> None:
     """Holds for the request's own sake are capped: past the cap the host's dequeue count takes over."""
     await app.store.create(status_record(request_id=RID, status=Status.PROCESSING, deferrals=MAX_DEFERRALS))
-    app.graph.fail("reset_redemption", lambda: DeliveryDeferred("Graph asked to wait", delay=600))
+    app.graph.fail("reset_redemption", lambda: HoldError("Graph asked to wait", delay=600, held=False, limited=True))
     with pytest.raises(Exception, match="held"):
         await app.deliver(body(), dequeue_count=1)
     assert app.requests_queue.hidden == []
 
 
 async def test_an_operator_hold_is_never_capped(app: StubApp) -> None:
-    """A hold the operator ends (an open circuit breaker) passes limited=False and is held however often."""
+    """A hold the operator ends (the open invitation breaker) is held however often, and says so."""
     await app.store.create(status_record(request_id=RID, status=Status.PROCESSING, deferrals=MAX_DEFERRALS))
-    app.graph.fail("reset_redemption", lambda: DeliveryDeferred("breaker open", delay=300, limited=False))
+    app.graph.fail("reset_redemption", lambda: HoldError("breaker open", delay=300, code="InvitationsBlocked"))
     await app.deliver(body())
     assert len(app.requests_queue.hidden) == 1
+    record = await app.status(RID)
+    assert record is not None and record.status is Status.HELD and record.error_code == "InvitationsBlocked"
 
 
 # --- 3. the sweeper -------------------------------------------------------------------------------
@@ -260,12 +262,12 @@ async def test_no_evidence_within_the_window_is_outcome_unknown_after_few_reads(
 
 
 async def test_a_window_longer_than_the_deadline_hands_the_rest_to_the_next_delivery() -> None:
-    """The delivery's deadline ends first: DeliveryDeferred, so the next delivery goes on reading, never sending."""
-    from shared.reset.throttle import delivery_deadline
+    """The delivery's deadline ends first: HoldError, so the next delivery goes on reading, never sending."""
+    from shared.reset.deadline import delivery_deadline
 
     clock = FakeTime()
     graph, _ = graph_with("Accepted")
-    with delivery_deadline(5), pytest.raises(DeliveryDeferred):
+    with delivery_deadline(5), pytest.raises(HoldError):
         await resolve_uncertain(
             graph,
             request_id=RID,

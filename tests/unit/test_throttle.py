@@ -6,16 +6,9 @@ import itertools
 
 import pytest
 
-from shared.platform.errors import AmbiguousOutcomeError, DeadlineExceededError, DeliveryDeferred, TransientError
-from shared.reset.throttle import (
-    MAX_IN_PROCESS_WAIT,
-    MIN_CALL_SECONDS,
-    RetryPolicy,
-    WriteBudget,
-    call_timeout,
-    call_with_retries,
-    delivery_deadline,
-)
+from shared.platform.errors import AmbiguousOutcomeError, DeadlineExceededError, HoldError, TransientError
+from shared.reset.deadline import MAX_IN_PROCESS_WAIT, MIN_CALL_SECONDS, call_timeout, delivery_deadline
+from shared.reset.throttle import RetryPolicy, WriteBudget, call_with_retries
 
 
 class FakeClock:
@@ -100,14 +93,14 @@ async def test_a_write_whose_outcome_is_unknown_is_not_sent_again() -> None:
 
 
 async def test_a_retry_after_longer_than_the_deadline_defers() -> None:
-    """Graph asks for 30 s but the delivery has 10 s left: DeliveryDeferred with that delay, no sleep."""
+    """Graph asks for 30 s but the delivery has 10 s left: HoldError with that delay, no sleep."""
     calls = []
 
     async def throttled() -> str:
         calls.append(1)
         raise TransientError("429", code="GraphThrottled", retry_after=30.0)
 
-    with delivery_deadline(10), pytest.raises(DeliveryDeferred) as held:
+    with delivery_deadline(10), pytest.raises(HoldError) as held:
         await call_with_retries(throttled, policy=RetryPolicy((0.0,), 5), budget=WriteBudget(100), what="x")
     assert held.value.delay == 30.0 and len(calls) == 1
 
@@ -118,7 +111,7 @@ async def test_a_wait_past_the_in_process_limit_defers_even_with_time_left() -> 
     async def throttled() -> str:
         raise TransientError("429", code="GraphThrottled", retry_after=MAX_IN_PROCESS_WAIT + 1)
 
-    with pytest.raises(DeliveryDeferred):
+    with pytest.raises(HoldError):
         await call_with_retries(throttled, policy=RetryPolicy((0.0,), 5), budget=WriteBudget(100), what="x")
 
 
@@ -136,7 +129,7 @@ async def test_a_budget_pause_longer_than_the_deadline_defers_other_deliveries()
     """After a long 429 pause, another delivery's next write is held rather than slept through."""
     budget = WriteBudget(100)
     budget.pause(45)
-    with delivery_deadline(20), pytest.raises(DeliveryDeferred) as held:
+    with delivery_deadline(20), pytest.raises(HoldError) as held:
         await budget.acquire_write()
     assert 44 < held.value.delay <= 45
 

@@ -1,4 +1,5 @@
-"""``python -m tools.bench [cpu|throughput|loop|import|intake|bulk|all] [--quick] [--strict] [--profile]``.
+"""``python -m tools.bench [cpu|throughput|loop|import|intake|bulk|fleet|all] [--quick] [--strict] [--profile]
+[--validation-only]``.
 
 Prints one table per benchmark (figures, baseline, ratio, goal, PASS/FAIL). The exit code is
 non-zero only with ``--strict`` and a failed goal, so a noisy machine does not break CI unless
@@ -15,7 +16,7 @@ from contextlib import ExitStack
 from tools.bench.common import BenchResult, print_result, quiet_logging
 from tools.graph_emulator.runner import EmulatorHandle, running_emulator
 
-BENCHMARKS = ("cpu", "throughput", "loop", "import", "intake", "bulk")
+BENCHMARKS = ("cpu", "throughput", "loop", "import", "intake", "bulk", "fleet")
 NO_EMULATOR = {"import", "bulk"}  # these need no Graph emulator
 
 
@@ -28,7 +29,7 @@ def run_one(name: str, emulator: EmulatorHandle | None, args: argparse.Namespace
     if name == "bulk":
         from tools.bench import bulk
 
-        return bulk.run(quick=args.quick)
+        return bulk.run_validation() if args.validation_only else bulk.run(quick=args.quick)
     if emulator is None:
         raise ValueError(f"benchmark {name} needs the Graph emulator")
     if name == "cpu":
@@ -39,6 +40,10 @@ def run_one(name: str, emulator: EmulatorHandle | None, args: argparse.Namespace
         from tools.bench import intake
 
         return intake.run(emulator, quick=args.quick)
+    if name == "fleet":
+        from tools.bench import fleet
+
+        return fleet.run(emulator, quick=args.quick)
     if name == "throughput":
         from tools.bench import throughput
 
@@ -54,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller runs for a CI smoke test (~1 min)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is not met")
     parser.add_argument("--profile", action="store_true", help="cpu: also print a cProfile of the SDK path")
+    parser.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="bulk: only the validation speed and memory goals (no Azurite; for work on the CSV reader)",
+    )
     args = parser.parse_args(argv)
     selected = BENCHMARKS if args.benchmark == "all" else (args.benchmark,)
 

@@ -1,6 +1,6 @@
 """The sweeper (a timer trigger): requests that stalled go back on the queue, so none waits for ever.
 
-A request is stalled when it is ``Accepted`` or ``Processing``, nobody holds a live claim on it,
+A request is stalled when it is ``Accepted``, ``Processing`` or ``Held``, nobody holds a live claim on it,
 it is not held on purpose (``held_until``), and its record shows no sign of life for
 ``SWEEP_GRACE_SECONDS``. That happens when a message is lost (an intake send and its clean-up
 both failed; an operator cleared the queue) or when the host keeps a dead worker's message
@@ -53,11 +53,15 @@ async def sweep(runtime: Runtime | None = None, *, now: datetime | None = None) 
     now = now or utcnow()
     cutoff = now - timedelta(seconds=runtime.settings.sweep_grace_seconds)
     # The SDK substitutes "@name" only when a space follows it.
-    odata = "RowKey eq @row and ( Status eq @accepted or Status eq @processing ) and UpdatedAt lt @cutoff"
+    odata = (
+        "RowKey eq @row and ( Status eq @accepted or Status eq @processing or Status eq @held ) "
+        "and UpdatedAt lt @cutoff"
+    )
     params = {
         "row": ROW_KEY,
         "accepted": str(Status.ACCEPTED),
         "processing": str(Status.PROCESSING),
+        "held": str(Status.HELD),
         "cutoff": iso_time(cutoff),
     }
     report = SweepReport()

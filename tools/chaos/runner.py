@@ -167,9 +167,13 @@ def app_env(connection_string: str, graph_base_url: str, run: str, *, sweep_grac
         "RESET_RESULT_QUEUE": f"chaos-{run}-results",
         "RESET_CALLBACK_QUEUE": f"chaos-{run}-callbacks",
         "RESET_STATUS_TABLE": f"Chaos{run}",
+        "RESET_STATE_TABLE": f"ChaosState{run}",
         "GRAPH_RETRY_DELAYS": "0.2,0.5,1,2",
         "GRAPH_MAX_ATTEMPTS": "5",
-        "GRAPH_WRITES_PER_SECOND": "25",
+        # App-wide (both runners share it through the state table), as in Azure.
+        "GRAPH_WRITES_PER_SECOND": "50",
+        # The invitation pace is shown by its own tests; here it would only stretch the run.
+        "INVITATIONS_PER_MINUTE": "6000",
         # Short enough to keep the run brisk, long enough that a loaded machine does not time out
         # fault-free calls; the emulator holds a chaos timeout's answer past it (TIMEOUT_HOLD_MS).
         "GRAPH_TIMEOUT_SECONDS": "8",

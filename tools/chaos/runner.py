@@ -49,7 +49,8 @@ from tools.graph_emulator.runner import running_emulator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"Succeeded", "Failed", "DryRunPassed"}
-PERMANENT = {403: "GraphForbidden", 404: "UserNotFound"}
+# What Graph answers for the guests it refuses, and the code their requests must end with.
+PERMANENT = {403: "GraphPermissionMissing", 404: "UserNotFound"}
 TIMEOUT_HOLD_MS = 10_000
 
 

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps demo test lint format unit bench bench-quick schema clean
+.PHONY: deps demo test lint format unit bench bench-quick chaos chaos-quick schema clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ bench: deps
 
 bench-quick: deps
 	$(PY) -m tools.bench all --quick
+
+# The chaos suite (docs/development.md#chaos-suite): 1,000 requests per seed, two seeds.
+CHAOS_SEEDS ?= 1 2
+chaos: deps
+	$(PY) -m tools.chaos --requests 1000 $(foreach seed,$(CHAOS_SEEDS),--seed $(seed))
+
+chaos-quick: deps
+	$(PY) -m tools.chaos --quick
 
 schema: $(STAMP)
 	$(PY) -m tools.schema

@@ -5,6 +5,8 @@ import azure.functions as func
 from shared.api import handlers as api
 from shared.bulk.job import run_bulk_job
 from shared.reset.backlog import observe_backlog
+from shared.reset.callbacks import handle_callback_message
+from shared.reset.sweeper import sweep
 from shared.reset.worker import handle_poison_message, handle_request_message
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -29,7 +31,7 @@ async def _http(handler: api.Handler, req: func.HttpRequest) -> func.HttpRespons
 @app.function_name("process_reset")
 @app.queue_trigger(arg_name="msg", queue_name="%RESET_REQUEST_QUEUE%", connection="AzureWebJobsStorage")
 async def process_reset(msg: func.QueueMessage) -> None:
-    """A reset request from the queue: reset, or poison with a reason, or raise for a retry."""
+    """A reset request from the queue: reset, hold, poison with a reason, or raise for a retry."""
     await handle_request_message(
         msg.get_body(), message_id=msg.id or "", dequeue_count=msg.dequeue_count or 1, inserted_at=msg.insertion_time
     )
@@ -38,8 +40,22 @@ async def process_reset(msg: func.QueueMessage) -> None:
 @app.function_name("record_poisoned_reset")
 @app.queue_trigger(arg_name="msg", queue_name="%RESET_REQUEST_QUEUE%-poison", connection="AzureWebJobsStorage")
 async def record_poisoned_reset(msg: func.QueueMessage) -> None:
-    """A poisoned request: record Failed and publish the result; never raises."""
-    await handle_poison_message(msg.get_body(), message_id=msg.id or "")
+    """A poisoned request: record Failed and publish the result; raises only for a storage retry."""
+    await handle_poison_message(msg.get_body(), message_id=msg.id or "", dequeue_count=msg.dequeue_count or 1)
+
+
+@app.function_name("deliver_callback")
+@app.queue_trigger(arg_name="msg", queue_name="%RESET_CALLBACK_QUEUE%", connection="AzureWebJobsStorage")
+async def deliver_callback(msg: func.QueueMessage) -> None:
+    """POST a finished request's outcome to its callbackUrl, off the reset's critical path."""
+    await handle_callback_message(msg.get_body(), message_id=msg.id or "", dequeue_count=msg.dequeue_count or 1)
+
+
+@app.function_name("sweep_stalled_requests")
+@app.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%", run_on_startup=False, use_monitor=True)
+async def sweep_stalled_requests(timer: func.TimerRequest) -> None:
+    """Requests stalled past their claim plus SWEEP_GRACE_SECONDS go back on the queue (schedule in UTC)."""
+    await sweep()
 
 
 @app.function_name("bulk_reset_job")

@@ -119,11 +119,26 @@ param callbackAllowedHosts string = '*.logic.azure.com,*.azure-apim.net,*.flow.m
 @description('BULK_SCHEDULE: when the bulk job looks for CSV files in the bulk-resets container, as NCRONTAB with seconds ({second} {minute} {hour} {day} {month} {day-of-week}), in UTC.')
 param bulkSchedule string = '0 */5 * * * *'
 
+@description('SWEEP_SCHEDULE: when the sweeper looks for stalled requests (NCRONTAB with seconds, UTC).')
+param sweepSchedule string = '30 */5 * * * *'
+
+@description('SWEEP_GRACE_SECONDS: how long a request may show no sign of life before the sweeper re-enqueues it.')
+param sweepGraceSeconds int = 300
+
+@description('DELIVERY_DEADLINE_SECONDS: deadline of one delivery; at least 60 s below host.json functionTimeout.')
+param deliveryDeadlineSeconds int = 240
+
+@description('READBACK_WINDOW_SECONDS: how long the guest is read back after an invitation whose outcome is unknown.')
+param readbackWindowSeconds int = 60
+
 @description('RESET_REQUEST_QUEUE: queue the worker reads; its poison queue is <name>-poison.')
 param requestQueueName string = 'guest-reset-requests'
 
 @description('RESET_RESULT_QUEUE: queue that receives one result message per finished request.')
 param resultQueueName string = 'guest-reset-results'
+
+@description('RESET_CALLBACK_QUEUE: queue of callback deliveries (one job per finished request that has a callbackUrl).')
+param callbackQueueName string = 'guest-reset-callbacks'
 
 @description('RESET_STATUS_TABLE: table holding one status record per requestId.')
 param statusTableName string = 'GuestResetStatus'
@@ -228,6 +243,7 @@ module storage 'app/storage.bicep' = {
       requestQueueName
       poisonQueueName
       resultQueueName
+      callbackQueueName
     ]
     tableNames: [
       statusTableName
@@ -267,6 +283,7 @@ module api 'app/api.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     requestQueueName: requestQueueName
     resultQueueName: resultQueueName
+    callbackQueueName: callbackQueueName
     statusTableName: statusTableName
     stateTableName: stateTableName
     graphBaseUrl: graphBaseUrl
@@ -287,6 +304,10 @@ module api 'app/api.bicep' = {
     breakerHoldSeconds: breakerHoldSeconds
     bulkContainerName: bulkContainerName
     bulkSchedule: bulkSchedule
+    sweepSchedule: sweepSchedule
+    sweepGraceSeconds: sweepGraceSeconds
+    deliveryDeadlineSeconds: deliveryDeadlineSeconds
+    readbackWindowSeconds: readbackWindowSeconds
     enableAppServiceAuth: enableAppServiceAuth
     authClientId: authClientId
     authAllowedAudiences: authAllowedAudiences

@@ -31,6 +31,8 @@ def env(**overrides: str) -> dict[str, str]:
         "GRAPH_BASE_URL": "http://127.0.0.1:8765/v1.0",
         "GRAPH_RETRY_DELAYS": "0.01,0.02",
         "GRAPH_WRITES_PER_SECOND": "100",
+        # One read-back, no waiting: unit tests never sleep (readback.py's polling has its own tests).
+        "READBACK_WINDOW_SECONDS": "0",
         # Pacing is shown by its own tests; elsewhere it would only slow the suite down.
         "INVITATIONS_PER_MINUTE": "6000",
     }
@@ -116,11 +118,13 @@ def isolated_env(connection_string: str, graph_base_url: str, **overrides: str) 
         "GRAPH_BASE_URL": graph_base_url,
         "RESET_REQUEST_QUEUE": f"req-{suffix}",
         "RESET_RESULT_QUEUE": f"res-{suffix}",
+        "RESET_CALLBACK_QUEUE": f"cb-{suffix}",
         "RESET_STATUS_TABLE": f"Status{suffix}",
         "RESET_STATE_TABLE": f"State{suffix}",
         "GRAPH_RETRY_DELAYS": "0.05,0.1",
         "GRAPH_MAX_ATTEMPTS": "4",
         "GRAPH_WRITES_PER_SECOND": "50",
+        "READBACK_WINDOW_SECONDS": "2",
         # Pacing is shown by its own tests; elsewhere it would only slow the suite down.
         "INVITATIONS_PER_MINUTE": "6000",
         "BREAKER_HOLD_SECONDS": "1",

@@ -1,7 +1,9 @@
-"""Start and stop a fresh in-memory Azurite (the npm package pinned in package.json).
+"""Start and stop a fresh Azurite (the npm package pinned in package.json).
 
-Tests, the demo and the benchmarks each get their own instance on free ports, because
-Azurite slows down sharply once it has carried many messages.
+Tests, the demo and the benchmarks each get their own in-memory instance on free ports, because
+Azurite slows down sharply once it has carried many messages. With ``location`` it keeps its data
+on disk instead (``--inMemoryPersistence`` and ``--location`` exclude each other), so it can be
+stopped and started again on the same ports with its queues and tables intact (the chaos suite).
 """
 
 from __future__ import annotations
@@ -78,15 +80,24 @@ def _wait_for_port(port: int, deadline: float) -> bool:
 
 
 def start_azurite(
-    *, blob_port: int = 0, queue_port: int = 0, table_port: int = 0, log_path: Path | None = None
+    *,
+    blob_port: int = 0,
+    queue_port: int = 0,
+    table_port: int = 0,
+    log_path: Path | None = None,
+    location: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], AzuriteEndpoints]:
-    """Launch Azurite in memory on the given ports (0 picks a free one) and wait until it listens."""
+    """Launch Azurite on the given ports (0 picks a free one) and wait until it listens.
+
+    In memory by default; with ``location`` its data lives in that folder and survives a restart.
+    """
     ports = [p or free_port() for p in (blob_port, queue_port, table_port)]
-    log = open(log_path or Path(tempfile.mkstemp(prefix="azurite-", suffix=".log")[1]), "wb")  # noqa: SIM115
+    log = open(log_path or Path(tempfile.mkstemp(prefix="azurite-", suffix=".log")[1]), "ab")  # noqa: SIM115
+    persistence = ["--location", str(location)] if location is not None else ["--inMemoryPersistence"]
     cmd = [
         str(azurite_binary()),
         "--silent",
-        "--inMemoryPersistence",
+        *persistence,
         # The Python storage SDKs send API versions newer than Azurite 3.35 knows.
         "--skipApiVersionCheck",
         "--loose",

@@ -28,6 +28,7 @@ param instanceMemoryMB int = 2048
 
 param requestQueueName string
 param resultQueueName string
+param callbackQueueName string
 param statusTableName string
 param stateTableName string
 param graphBaseUrl string
@@ -60,6 +61,14 @@ param bulkContainerName string
 
 @description('BULK_SCHEDULE: NCRONTAB schedule of the bulk job, six fields with seconds, in UTC.')
 param bulkSchedule string
+
+@description('SWEEP_SCHEDULE and SWEEP_GRACE_SECONDS: the sweeper of stalled requests.')
+param sweepSchedule string
+param sweepGraceSeconds int
+
+@description('DELIVERY_DEADLINE_SECONDS and READBACK_WINDOW_SECONDS: time limits of one delivery.')
+param deliveryDeadlineSeconds int
+param readbackWindowSeconds int
 
 param enableAppServiceAuth bool = false
 param authClientId string = ''
@@ -169,6 +178,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     OTEL_PYTHON_DISABLED_INSTRUMENTATIONS: 'httpx,httpx2,requests,urllib,urllib3'
     RESET_REQUEST_QUEUE: requestQueueName
     RESET_RESULT_QUEUE: resultQueueName
+    RESET_CALLBACK_QUEUE: callbackQueueName
     RESET_STATUS_TABLE: statusTableName
     RESET_STATE_TABLE: stateTableName
     GRAPH_BASE_URL: graphBaseUrl
@@ -191,6 +201,10 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     BREAKER_HOLD_SECONDS: string(breakerHoldSeconds)
     BULK_CONTAINER: bulkContainerName
     BULK_SCHEDULE: bulkSchedule
+    SWEEP_SCHEDULE: sweepSchedule
+    SWEEP_GRACE_SECONDS: string(sweepGraceSeconds)
+    DELIVERY_DEADLINE_SECONDS: string(deliveryDeadlineSeconds)
+    READBACK_WINDOW_SECONDS: string(readbackWindowSeconds)
     // Only App Service authentication makes the caller headers trustworthy (the platform
     // strips and rewrites them); without it a caller could forge them, so the list stays empty.
     ALLOWED_CALLERS: enableAppServiceAuth ? allowedCallers : ''

@@ -1,7 +1,12 @@
 """Intake: validate every request of a submission, record it Accepted, enqueue it. No Graph here.
 
-All or nothing: one invalid item refuses the whole submission and nothing is enqueued.
-A requestId (or the Idempotency-Key header) makes a resubmission return the existing record.
+All or nothing, from the caller's view: one invalid item refuses the whole submission and
+nothing is enqueued; when storage fails part-way, the answer is a 503 and a retry of the same
+submission enqueues exactly the items still missing and answers with every id. That works
+because every item's requestId is known before anything is written: its own ``requestId``, the
+``Idempotency-Key`` header (``<key>.<index>`` in a batch), or, without either, one derived from
+the caller, the item's content and the hour (``contract.derived_request_ids``), so a client's
+retry of the same POST (Logic Apps retries on timeouts and 5xx) is the same request.
 """
 
 from __future__ import annotations
@@ -9,16 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import uuid
+import re
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from shared.api.principal import Caller
 from shared.platform import telemetry
-from shared.platform.errors import IntakeError, InvalidRequestError, ResetError
+from shared.platform.errors import IntakeError, InvalidRequestError, ResetError, TransientError
 from shared.platform.logs import app_logger
 from shared.reset.callbacks import callback_allowed
 from shared.reset.contract import (
@@ -26,11 +31,12 @@ from shared.reset.contract import (
     ResetRequest,
     canonical_json,
     describe_validation_error,
+    parse_json,
     repeat_key,
     user_column,
 )
 from shared.reset.runtime import Runtime
-from shared.reset.status import Status, StatusRecord, utcnow
+from shared.reset.status import Status, StatusRecord, derive_request_id, utcnow
 
 log = app_logger()
 
@@ -40,6 +46,17 @@ CONCURRENCY = 32
 # An Accepted record this old whose message may have been lost is enqueued again on resubmission
 # (the worker's claim makes a second message harmless).
 STALE_ACCEPTED = timedelta(minutes=2)
+# The header becomes the requestId (``<key>.<index>`` in a batch of up to 1,000): a Table key.
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,119}$")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One validated request of a submission; ``request_id`` None until derived at acceptance."""
+
+    request: ResetRequest
+    request_id: str | None
+    scope: str
 
 
 @dataclass(frozen=True)
@@ -53,9 +70,11 @@ def _items(body: bytes) -> tuple[list[Any], bool]:
     if len(body) > MAX_BODY_BYTES:
         raise IntakeError(413, "Payload too large", f"the body is {len(body)} bytes; the limit is 1 MB")
     try:
-        data = json.loads(body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError):
+        data = parse_json(body.decode("utf-8-sig"))
+    except UnicodeDecodeError:
         raise IntakeError(400, "Invalid JSON", "the body is not valid UTF-8 JSON") from None
+    except InvalidRequestError as error:
+        raise IntakeError(400, "Invalid JSON", f"the body is not acceptable JSON: {error.message}") from None
     if isinstance(data, dict) and "requests" in data:
         if set(data) != {"requests"}:
             extra = ", ".join(sorted(set(data) - {"requests"}))
@@ -71,13 +90,26 @@ def _items(body: bytes) -> tuple[list[Any], bool]:
     return [data], False
 
 
+def _check_key(key: str | None) -> None:
+    if key is not None and not IDEMPOTENCY_KEY.match(key):
+        message = "must be 1-120 letters, digits or . _ : @ - (it becomes the requestId, a storage key)"
+        raise IntakeError(
+            400,
+            "Invalid Idempotency-Key",
+            f"the Idempotency-Key header {message}",
+            [{"field": "Idempotency-Key", "message": message}],
+        )
+
+
 def validate_submission(
     body: bytes, *, runtime: Runtime, idempotency_key: str | None, caller: Caller | None
-) -> list[tuple[ResetRequest, str]]:
-    """Every item validated (all problems listed by index and field), with its requestId."""
+) -> list[Item]:
+    """Every item validated (all problems listed by index and field), with its requestId if known."""
+    _check_key(idempotency_key)
+    scope = f"http:{caller.label if caller is not None else '-'}"
     items, batch = _items(body)
     problems: list[dict[str, Any]] = []
-    accepted: list[tuple[ResetRequest, str]] = []
+    accepted: list[Item] = []
     seen: set[str] = set()
     users: dict[str, int] = {}
     for index, item in enumerate(items):
@@ -104,11 +136,12 @@ def validate_submission(
                 }
             )
         request_id = request.request_id or (
-            (f"{idempotency_key}.{index}" if batch else idempotency_key) if idempotency_key else str(uuid.uuid4())
+            (f"{idempotency_key}.{index}" if batch else idempotency_key) if idempotency_key else None
         )
-        if request_id in seen:
+        if request_id is not None and request_id in seen:
             problems.append({**where, "field": prefix + "requestId", "message": "appears twice in this batch"})
-        seen.add(request_id)
+        if request_id is not None:
+            seen.add(request_id)
         # One reset per guest per batch, as in a bulk file (shared.bulk.repeats says why).
         first = users.setdefault(repeat_key(request), index)
         if first != index:
@@ -116,7 +149,7 @@ def validate_submission(
             problems.append({**where, "field": prefix + user_column(request)[0], "message": message})
         if caller is not None and not request.requested_by:
             request = request.model_copy(update={"requested_by": caller.label[:256]})
-        accepted.append((request, request_id))
+        accepted.append(Item(request, request_id, scope))
     if problems:
         count = len({p.get("index", 0) for p in problems})
         raise IntakeError(
@@ -149,15 +182,37 @@ async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str) 
     return Receipt(request_id, str(Status.ACCEPTED), duplicate=False)
 
 
-async def accept(runtime: Runtime, requests: list[tuple[ResetRequest, str]]) -> list[Receipt]:
-    """Record and enqueue validated requests concurrently; order of the receipts follows the input."""
+async def accept(runtime: Runtime, items: list[Item], *, now: datetime | None = None) -> list[Receipt]:
+    """Record and enqueue validated requests concurrently; order of the receipts follows the input.
+
+    Every item is attempted even when some fail; if any failed, the whole answer is a failure
+    (503 for storage trouble) that a retry of the same submission repairs.
+    """
     gate = asyncio.Semaphore(CONCURRENCY)
+    at = now or utcnow()
 
-    async def one(request: ResetRequest, request_id: str) -> Receipt:
+    async def one(item: Item) -> Receipt:
         async with gate:
-            return await _accept_one(runtime, request, request_id)
+            request_id = item.request_id or await derive_request_id(
+                runtime.status, item.request, scope=item.scope, at=at
+            )
+            return await _accept_one(runtime, item.request, request_id)
 
-    with telemetry.span("accept resets", requests=len(requests), requestId=requests[0][1]):
-        receipts = await asyncio.gather(*(one(r, rid) for r, rid in requests))
+    with telemetry.span("accept resets", requests=len(items), requestId=items[0].request_id or "(derived)"):
+        outcomes = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
+    receipts = [o for o in outcomes if isinstance(o, Receipt)]
+    failures = [o for o in outcomes if not isinstance(o, Receipt)]
+    if failures:
+        first = next((f for f in failures if not isinstance(f, ResetError)), None)
+        if first is not None:
+            raise first
+        permanent = next((f for f in failures if isinstance(f, ResetError) and f.permanent), None)
+        if permanent is not None:
+            raise permanent
+        raise TransientError(
+            f"{len(failures)} of {len(items)} request(s) could not be recorded or enqueued "
+            f"({failures[0]}); retry the same submission: requests already accepted are not enqueued again",
+            code="StorageUnavailable",
+        )
     log.info("accepted %d request(s), the first %s", len(receipts), receipts[0].request_id)
-    return list(receipts)
+    return receipts

@@ -89,20 +89,48 @@ class AmbiguousOutcomeError(TransientError):
     default_code = "GraphOutcomeUnknown"
 
 
+class OutcomeUnknownError(ResetError):
+    """An invitation may have gone out, and Graph gives no evidence either way: a person decides.
+
+    Permanent on purpose: sending again on a guess could email the guest twice (safety rule 7).
+    """
+
+    default_code = "OutcomeUnknown"
+
+
 class HoldError(ResetError):
     """The delivery must wait, neither failed nor retried: it goes back on the queue with a delay.
 
-    ``held`` marks a hold by the invitation circuit breaker (the status says Held and why);
-    otherwise the delivery only waits for its invitation slot (pacing).
+    The worker re-enqueues a copy that stays invisible for ``delay`` seconds and completes this
+    delivery, so no host delivery (``maxDequeueCount``) is spent on waiting. ``held`` marks a
+    hold by the invitation circuit breaker (the status says Held and why); otherwise the delivery
+    only waits (its invitation slot, Graph's Retry-After, the write budget, its deadline).
+    ``limited``: a wait for the request's own sake counts towards the worker's cap on holds; one
+    whose end someone else decides (the breaker, the pacing) does not.
     """
 
     permanent = False
     default_code = "Held"
 
-    def __init__(self, message: str, *, delay: float, code: str | None = None, held: bool = True) -> None:
+    def __init__(
+        self, message: str, *, delay: float, code: str | None = None, held: bool = True, limited: bool = False
+    ) -> None:
         super().__init__(message, code=code)
         self.delay = delay
         self.held = held
+        self.limited = limited
+
+
+class ClaimLostError(TransientError):
+    """This delivery's claim on a request lapsed and another delivery took it over."""
+
+    default_code = "ClaimLost"
+
+
+class DeadlineExceededError(TransientError):
+    """The delivery's time is up before a Graph call could start; nothing was sent by that call."""
+
+    default_code = "DeliveryDeadline"
 
 
 class IntakeError(ResetError):

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from shared.platform.errors import SettingsError
 
-APP_ROOT = Path(__file__).resolve().parent.parent
+APP_ROOT = Path(__file__).resolve().parents[2]  # the function app: host.json sits here
 
 # Azurite's documented development account, used for `UseDevelopmentStorage=true`.
 DEVELOPMENT_STORAGE = (
@@ -35,6 +36,7 @@ DEFAULTS: dict[str, str] = {
     "RESET_REQUEST_QUEUE": "guest-reset-requests",
     "RESET_RESULT_QUEUE": "guest-reset-results",
     "RESET_STATUS_TABLE": "GuestResetStatus",
+    "RESET_CALLBACK_QUEUE": "guest-reset-callbacks",
     "RESET_STATE_TABLE": "GuestResetState",
     "GRAPH_BASE_URL": "https://graph.microsoft.com/v1.0",
     # The directory (tenant) id; empty: read from the app's Graph token (its `tid` claim).
@@ -51,6 +53,10 @@ DEFAULTS: dict[str, str] = {
     "GRAPH_RETRY_DELAYS": "1,2,4,8",
     "GRAPH_MAX_ATTEMPTS": "5",
     "GRAPH_TIMEOUT_SECONDS": "30",
+    # One delivery's deadline; must stay below host.json functionTimeout (checked).
+    "DELIVERY_DEADLINE_SECONDS": "240",
+    # How long after an uncertain invitation the guest is read back for evidence.
+    "READBACK_WINDOW_SECONDS": "60",
     # transitive: beta transitiveRoleAssignments (direct and group-held roles, every scope);
     # direct: v1.0 roleAssignments (direct roles only). docs/graph.md says why.
     "ROLE_CHECK": "transitive",
@@ -67,6 +73,10 @@ DEFAULTS: dict[str, str] = {
     "BULK_CONTAINER": "bulk-resets",
     # NCRONTAB with seconds ({second} {minute} {hour} {day} {month} {day-of-week}), in UTC.
     "BULK_SCHEDULE": "0 */5 * * * *",
+    # The sweeper of stalled requests (NCRONTAB, UTC) and how long a request may show no sign of
+    # life before it counts as stalled.
+    "SWEEP_SCHEDULE": "30 */5 * * * *",
+    "SWEEP_GRACE_SECONDS": "300",
 }
 
 
@@ -139,6 +149,11 @@ class Settings:
     max_dequeue_count: int = 5
     bulk_container: str = DEFAULTS["BULK_CONTAINER"]
     bulk_schedule: str = DEFAULTS["BULK_SCHEDULE"]
+    callback_queue: str = DEFAULTS["RESET_CALLBACK_QUEUE"]
+    delivery_deadline_seconds: float = float(DEFAULTS["DELIVERY_DEADLINE_SECONDS"])
+    readback_window_seconds: float = float(DEFAULTS["READBACK_WINDOW_SECONDS"])
+    sweep_schedule: str = DEFAULTS["SWEEP_SCHEDULE"]
+    sweep_grace_seconds: float = float(DEFAULTS["SWEEP_GRACE_SECONDS"])
     tenant_id: str | None = None
     role_check: str = DEFAULTS["ROLE_CHECK"]
     replication_wait_seconds: float = float(DEFAULTS["REPLICATION_WAIT_SECONDS"])
@@ -326,6 +341,14 @@ def _schedule(reader: _Reader, name: str) -> str:
     return value
 
 
+def _host_json() -> dict[str, Any]:
+    try:
+        loaded = json.loads((APP_ROOT / "host.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def _max_dequeue_count(env: Mapping[str, str], reader: _Reader) -> int:
     """The host's poison threshold: the app-setting override wins over host.json, as in Azure."""
     key = "azurefunctionsjobhost__extensions__queues__maxdequeuecount"
@@ -333,10 +356,44 @@ def _max_dequeue_count(env: Mapping[str, str], reader: _Reader) -> int:
         if name.lower() == key:
             return int(reader.number(name, minimum=1, maximum=100))
     try:
-        host = json.loads((APP_ROOT / "host.json").read_text(encoding="utf-8"))
-        return int(host["extensions"]["queues"].get("maxDequeueCount", 5))
-    except (OSError, KeyError, ValueError, TypeError):
+        return int(_host_json()["extensions"]["queues"].get("maxDequeueCount", 5))
+    except (KeyError, ValueError, TypeError, AttributeError):
         return 5
+
+
+def _function_timeout(env: Mapping[str, str]) -> float | None:
+    """host.json functionTimeout in seconds (the app-setting override wins); None when unbounded."""
+    value = next((v for k, v in env.items() if k.lower() == "azurefunctionsjobhost__functiontimeout"), None)
+    if value is None:
+        value = _host_json().get("functionTimeout")
+    match = re.fullmatch(r"(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})(?:\.\d+)?", str(value or "").strip())
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    return None if total <= 0 else float(total)
+
+
+def _deadlines(env: Mapping[str, str], reader: _Reader, graph_timeout: float) -> tuple[float, float]:
+    """The delivery deadline and read-back window, checked against each other and functionTimeout.
+
+    A delivery must end (its last writes included) before the host would kill it, which also
+    kills every other invocation in that worker; and it must hold one Graph call plus the
+    read-back window, or it could never send an invitation.
+    """
+    deadline = reader.number("DELIVERY_DEADLINE_SECONDS", minimum=30, maximum=3600)
+    window = reader.number("READBACK_WINDOW_SECONDS", minimum=0, maximum=600)
+    limit = _function_timeout(env)
+    if limit is not None and deadline > limit - 60:
+        reader.problems.append(
+            f"DELIVERY_DEADLINE_SECONDS={deadline:g} must be at least 60 s below functionTimeout ({limit:g} s)"
+        )
+    if deadline < graph_timeout + window + 30:
+        reader.problems.append(
+            f"DELIVERY_DEADLINE_SECONDS={deadline:g} must leave room for GRAPH_TIMEOUT_SECONDS plus "
+            f"READBACK_WINDOW_SECONDS plus 30 s ({graph_timeout + window + 30:g} s)"
+        )
+    return deadline, window
 
 
 def parse_settings(env: Mapping[str, str]) -> Settings:
@@ -353,6 +410,8 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
     except ValueError:
         reader.problems.append(f"GRAPH_RETRY_DELAYS={delays_text!r} must be comma-separated seconds between 0 and 300")
     hosts = tuple(h.strip().lower() for h in reader.text("CALLBACK_ALLOWED_HOSTS").split(",") if h.strip())
+    graph_timeout = reader.number("GRAPH_TIMEOUT_SECONDS", minimum=1, maximum=230)
+    deadline, window = _deadlines(env, reader, graph_timeout)
     settings = Settings(
         storage=storage,
         request_queue=reader.name("RESET_REQUEST_QUEUE", _QUEUE_RE, "queue name (3-56 chars)"),
@@ -370,12 +429,17 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         graph_write_burst=int(reader.number("GRAPH_WRITE_BURST", minimum=1, maximum=3000)),
         graph_retry_delays=delays,
         graph_max_attempts=int(reader.number("GRAPH_MAX_ATTEMPTS", minimum=1, maximum=20)),
-        graph_timeout_seconds=reader.number("GRAPH_TIMEOUT_SECONDS", minimum=1, maximum=230),
+        graph_timeout_seconds=graph_timeout,
         callback_allowed_hosts=hosts,
         allowed_callers=frozenset(c.strip().lower() for c in reader.text("ALLOWED_CALLERS").split(",") if c.strip()),
         max_dequeue_count=_max_dequeue_count(env, reader),
         bulk_container=reader.name("BULK_CONTAINER", _CONTAINER_RE, "blob container name (3-63 chars)"),
         bulk_schedule=_schedule(reader, "BULK_SCHEDULE"),
+        callback_queue=reader.name("RESET_CALLBACK_QUEUE", _QUEUE_RE, "queue name (3-56 chars)"),
+        delivery_deadline_seconds=deadline,
+        readback_window_seconds=window,
+        sweep_schedule=_schedule(reader, "SWEEP_SCHEDULE"),
+        sweep_grace_seconds=reader.number("SWEEP_GRACE_SECONDS", minimum=10, maximum=86_400),
         tenant_id=_tenant_id(reader),
         role_check=_choice(reader, "ROLE_CHECK", ROLE_CHECKS),
         replication_wait_seconds=reader.number("REPLICATION_WAIT_SECONDS", minimum=0, maximum=120),

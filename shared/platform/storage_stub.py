@@ -16,7 +16,7 @@ import base64
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -57,8 +57,16 @@ TABLE_METHODS = (
     "upsert_entity",
     "delete_entity",
     "query_entities",
+    "submit_transaction",
 )
-TABLE_WRITES = ("create_table", "create_entity", "update_entity", "upsert_entity", "delete_entity")
+TABLE_WRITES = (
+    "create_table",
+    "create_entity",
+    "update_entity",
+    "upsert_entity",
+    "delete_entity",
+    "submit_transaction",
+)
 QUEUE_METHODS = ("create_queue", "send_message")
 
 MAX_PAGE = 1000  # Azure Tables returns at most 1,000 entities per page
@@ -489,6 +497,57 @@ class MemoryTable(_TableClient):
 
         await self._call("delete_entity", delete)
 
+    async def submit_transaction(self, operations: Any, **kwargs: Any) -> list[Mapping[str, Any]]:
+        """Create, update (with an ETag condition) or delete entities of one partition, all or none.
+
+        A failing operation raises ``TableTransactionError`` with the status Azure gives it (409
+        exists, 412 condition, 404 missing) and its index, and nothing is written.
+        """
+        from azure.data.tables import TableTransactionError
+
+        prepared = []
+        for operation in operations:
+            kind, entity, options = operation if len(operation) == 3 else (*operation, {})
+            kind = str(getattr(kind, "value", kind)).lower()
+            etag = options.get("etag")
+            condition = _condition(etag, options.get("match_condition"))
+            prepared.append(
+                (kind, _add_entity_properties(entity), options.get("mode", UpdateMode.MERGE), etag, condition)
+            )
+        if len({wire["PartitionKey"] for _, wire, *_ in prepared}) > 1:
+            raise ValueError("all operations of a transaction must share one PartitionKey")
+
+        def fault(index: int, status: int, code: str) -> TableTransactionError:
+            error = TableTransactionError(message=f"{index}:{code}", error_code=code)
+            error.status_code = status
+            return error
+
+        def run() -> list[Mapping[str, Any]]:
+            self._require_table()
+            for index, (kind, wire, _mode, etag, condition) in enumerate(prepared):
+                row = self._rows.get((wire["PartitionKey"], wire["RowKey"]))
+                if kind == "create" and row is not None:
+                    raise fault(index, 409, "EntityAlreadyExists")
+                if kind in ("update", "delete") and row is None:
+                    raise fault(index, 404, "ResourceNotFound")
+                if row is not None and condition == MatchConditions.IfNotModified and row.etag != etag:
+                    raise fault(index, 412, "UpdateConditionNotSatisfied")
+            results: list[Mapping[str, Any]] = []
+            for kind, wire, mode, *_ in prepared:
+                key = (wire["PartitionKey"], wire["RowKey"])
+                if kind == "delete":
+                    del self._rows[key]
+                    results.append({})
+                    continue
+                row = self._rows.get(key)
+                merged = (
+                    {**row.wire, **wire} if row is not None and kind != "create" and mode == UpdateMode.MERGE else wire
+                )
+                results.append(self._store(key, merged))
+            return results
+
+        return await self._call("submit_transaction", run)
+
     def query_entities(
         self,
         query_filter: str,
@@ -546,6 +605,8 @@ class MemoryQueue(_QueueClient):
         self.exists = exists
         self.closed = False
         self.messages: list[str] = []
+        # Messages sent invisible for a while (held requests), with their visibility timeout.
+        self.hidden: list[tuple[str, int]] = []
         self.failures = FailureScript(QUEUE_METHODS, writes=QUEUE_METHODS)
 
     def fail(
@@ -592,6 +653,8 @@ class MemoryQueue(_QueueClient):
                     HttpResponseError, 413, "RequestBodyTooLarge", "The request body is too large (64 KiB at most)."
                 )
             self.messages.append(text)
+            if visibility_timeout:
+                self.hidden.append((text, visibility_timeout))
             now = datetime.now(UTC)
             return QueueMessage(
                 content=text,

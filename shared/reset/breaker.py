@@ -3,8 +3,9 @@
 Microsoft publishes no rate for ``POST /invitations``; its staff name high volume in a short
 period and repeated failed invitations as triggers of a tenant-wide block that only a support
 ticket lifts (docs/graph.md). So the first ``InvitationsBlocked`` or ``InvitationsDisabled``
-opens a breaker held in the status table: every later delivery is held (put back on the queue
-with a delay, status Held) instead of posting into the block, until an operator closes it.
+opens a breaker held in the status table: every later delivery is held (``HoldError``: the worker
+puts it back on the queue with a delay, status Held) instead of posting into the block, until an
+operator closes it.
 Invitations are also paced app-wide (``INVITATIONS_PER_MINUTE``), apart from the directory
 write budget: each invitation reserves the next free slot in a shared entity.
 """
@@ -22,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from shared.platform.errors import HoldError, ResetError, TransientError
 from shared.platform.logs import app_logger
 from shared.platform.settings import Settings
-from shared.reset.contract import ResetRequest, canonical_json
 from shared.reset.status import Status, StatusRecord, StatusStore, iso_time, parse_iso_time, utcnow
 
 if TYPE_CHECKING:
@@ -242,27 +242,6 @@ class InvitationGate:
         if wait > 0:
             await self._sleep(wait)
         return record
-
-
-async def hold_delivery(runtime: Runtime, request: ResetRequest, request_id: str, error: HoldError) -> None:
-    """Put this delivery back on the queue after ``error.delay``: not failed, not retried into a block.
-
-    The one place that defers a delivery: a new message with the request (and its requestId)
-    becomes visible after the delay, so no dequeue of the host's count is spent; this delivery
-    then ends normally.
-    """
-    latest = await runtime.status.get(request_id)
-    body = (latest.request_json if latest else None) or canonical_json(request, requestId=request_id)
-    if latest is not None:
-        changes: dict[str, Any] = {"lease_owner": None, "lease_until": None}
-        if error.held:
-            changes.update(status=Status.HELD, phase="Held", error_code=error.code, error_message=error.message)
-        await runtime.status.save(
-            latest, history=latest.with_event("held" if error.held else "paced", code=error.code), **changes
-        )
-    delay = min(max(error.delay, 1.0), MAX_DELAY)
-    await runtime.publisher.send_request(body, delay=delay)
-    log.warning("delivery put back on the queue for %.0fs: %s", delay, error.message)
 
 
 async def resume_held(runtime: Runtime, *, limit: int = 100_000) -> list[str]:

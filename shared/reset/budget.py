@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from shared.platform import telemetry
 from shared.platform.fleet import FleetState
 from shared.platform.logs import app_logger
+from shared.reset.deadline import check_wait
 
 log = app_logger()
 
@@ -202,12 +203,16 @@ class WriteBudget:
         self._background: set[asyncio.Task[None]] = set()
 
     async def acquire_write(self) -> None:
-        """Wait for this write's slot in the app-wide schedule."""
+        """Wait for this write's slot in the app-wide schedule (a slot past the deadline holds the request)."""
         started = self._clock()
         while True:
+            paused = self._paused_until - self._clock()
+            if paused > 0:  # a pause Graph asked for: no slot before it ends
+                check_wait(paused, holdable=True, what="the next Graph write")
             slot = await self._slot()
             delay = slot - self._clock()
             if delay > 0:
+                check_wait(delay, holdable=True, what="the next Graph write")
                 await self._sleep(delay)
             if self._paused_until > slot:
                 continue  # a pause learnt after the slot was granted: the slot falls inside it
@@ -220,6 +225,7 @@ class WriteBudget:
         """Reads are not budgeted, but they respect a pause Graph asked for."""
         delay = self._paused_until - self._clock()
         if delay > 0:
+            check_wait(delay, holdable=True, what="the next Graph read")
             await self._sleep(delay)
 
     def pause(self, seconds: float) -> None:

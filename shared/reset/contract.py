@@ -6,11 +6,15 @@ The pydantic model is the single definition; the checked-in JSON Schema is gener
 
 from __future__ import annotations
 
+import array
 import base64
 import binascii
+import hashlib
+import itertools
 import json
 import re
 import uuid
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Self
 
 from pydantic import (
@@ -28,6 +32,13 @@ from shared.platform.errors import InvalidRequestError
 
 MAX_MESSAGE_BYTES = 64 * 1024
 CONTRACT_VERSION = "1"
+# Contract v1 nests three levels ({"ccRecipients": [...]}), an HTTP batch five. Python's json
+# parser recurses per level, so a deep enough document (a few KB of "[[[[") raises
+# RecursionError: depth is checked before parsing, and anything past this is refused.
+MAX_NESTING = 16
+# A request that comes without a requestId gets one derived from its content; the same content
+# within this window is the same request (a client's or producer's retry), later it is a new one.
+IDEMPOTENCY_WINDOW = timedelta(hours=1)
 
 # Graph rejects these in invitedUserEmailAddress (see the invitation resource docs).
 _EMAIL_RE = re.compile(
@@ -245,6 +256,38 @@ def describe_validation_error(error: ValidationError) -> list[dict[str, str]]:
     return problems
 
 
+# A JSON string (escapes included), and everything that is not a bracket.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+
+
+def check_nesting(text: str, limit: int = MAX_NESTING) -> None:
+    """Refuse JSON text nested deeper than ``limit`` without parsing it (brackets in strings ignored).
+
+    Linear and done in C: strings and other characters are cut out, each bracket becomes +1 or
+    -1, and the running sum is the depth (about 40 ms for a 400 KB batch).
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)).encode("ascii")
+    depth = max(itertools.accumulate(array.array("b", brackets.translate(_STEPS))), default=0)
+    if depth > limit:
+        raise InvalidRequestError(
+            f"the JSON is nested more than {limit} levels deep; a reset request needs three",
+            problems=[{"field": "(body)", "message": f"nested more than {limit} levels deep"}],
+        )
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` for untrusted text: nesting checked first; InvalidRequestError, never RecursionError."""
+    check_nesting(text)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise InvalidRequestError("the request is not valid JSON") from None
+
+
 def _decode_text(raw: bytes | str) -> str:
     data = raw.encode("utf-8") if isinstance(raw, str) else raw
     if len(data) > MAX_MESSAGE_BYTES:
@@ -258,14 +301,15 @@ def _decode_text(raw: bytes | str) -> str:
 def load_json_object(raw: bytes | str) -> dict[str, Any]:
     """Decode a body that is plain JSON or Base64-encoded JSON into a JSON object."""
     text = _decode_text(raw).strip()
+    check_nesting(text)
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
         try:
             decoded = base64.b64decode(text, validate=True)
-            value = json.loads(_decode_text(decoded))
-        except (binascii.Error, ValueError, InvalidRequestError):
+        except (binascii.Error, ValueError):
             raise InvalidRequestError("the request is neither JSON nor Base64-encoded JSON") from None
+        value = parse_json(_decode_text(decoded))
     if not isinstance(value, dict):
         raise InvalidRequestError("the request must be a JSON object")
     return value
@@ -316,3 +360,18 @@ def canonical_json(request: ResetRequest, **overrides: Any) -> str:
 
 def stored_request(text: str) -> str | None:
     return text if len(text) <= MAX_STORED_REQUEST_CHARS else None
+
+
+def derived_request_ids(request: ResetRequest, *, scope: str, at: datetime) -> tuple[str, str]:
+    """The requestId of a request that came without one: (this window's id, the previous window's).
+
+    A hash of who sent it (``scope``), its canonical content (field order and spacing do not
+    matter) and the ``IDEMPOTENCY_WINDOW`` it arrived in. The caller takes the previous
+    window's id when a record under it is younger than the window, so a retry that straddles
+    a window boundary is still the same request.
+    """
+    # The trace context is per attempt (a retry starts a new trace): not part of the content.
+    content = canonical_json(request.model_copy(update={"request_id": None, "traceparent": None}))
+    digest = hashlib.sha256(f"{scope}\n{content}".encode()).hexdigest()[:32]
+    window = int(at.timestamp() // IDEMPOTENCY_WINDOW.total_seconds())
+    return f"auto-{digest}-{window}", f"auto-{digest}-{window - 1}"

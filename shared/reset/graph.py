@@ -182,8 +182,11 @@ class GraphGateway(Protocol):
         """Make ``email`` the user's mail and add it to otherMails, keeping the existing entries."""
         ...
 
-    async def reset_redemption(self, body: InvitationBody, *, sent_after: datetime | None = None) -> SentInvitation:
-        """Send the reset invitation once; ``sent_after`` marks an earlier attempt to check first."""
+    async def reset_redemption(self, body: InvitationBody) -> SentInvitation:
+        """Send the reset invitation, retrying only failures that prove nothing was processed.
+
+        Raises ``AmbiguousOutcomeError`` without sending again when Graph may have processed it.
+        """
         ...
 
     async def read_user(self, user_id: str) -> GuestUser:

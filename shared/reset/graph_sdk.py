@@ -11,11 +11,10 @@ Retries are ours, not the SDK's: its RetryHandler re-sends ``POST /invitations``
 ``Retry-After`` and knows nothing of the worker's shared write budget. So it is switched off
 and ``shared.throttle.call_with_retries`` decides, with the ambiguity rule below.
 
-Ambiguous invitation outcome (timeout, dropped connection, 500/502/504): before any re-send,
-the user is read back; if ``externalUserState`` is ``PendingAcceptance`` and
-``externalUserStateChangeDateTime`` is at or after the moment we first sent (minus a few
-seconds of clock skew), the reset took effect and is recorded as sent without re-sending.
-The same check runs when a redelivered message finds an earlier attempt that reached Graph.
+Ambiguous invitation outcome (timeout, dropped connection after the request went out,
+500/502/504): ``reset_redemption`` raises ``AmbiguousOutcomeError`` at once and never posts
+again in that call; ``shared.reset.readback`` resolves it by evidence. Only failures that
+prove nothing was processed (429, 503, 4xx, a connection never made) are retried.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -39,7 +37,6 @@ from shared.platform.errors import (
     AmbiguousOutcomeError,
     AmbiguousUserError,
     GraphCall,
-    ResetError,
     TransientError,
     UserNotFoundError,
     classify_graph_response,
@@ -47,6 +44,7 @@ from shared.platform.errors import (
 from shared.platform.logs import app_logger, mask_email
 from shared.platform.settings import Settings
 from shared.reset.budget import WriteBudget
+from shared.reset.deadline import call_timeout
 from shared.reset.graph import USER_SELECT, GuestUser, InvitationBody, RoleAssignment, SentInvitation
 from shared.reset.throttle import RetryPolicy, call_with_retries
 
@@ -56,7 +54,6 @@ if TYPE_CHECKING:
 
 log = app_logger()
 
-CLOCK_SKEW = timedelta(seconds=5)
 # Reads while waiting for our own email switch to replicate: first after this many seconds,
 # then twice as long each time, at most READ_BACK_MAX_INTERVAL apart.
 READ_BACK_FIRST_INTERVAL = 0.5
@@ -242,30 +239,37 @@ class SdkGraphGateway:
                 await self._budget.acquire_write()
             else:
                 await self._budget.wait_if_paused()
-            response = await self._transmit(adapter, info, method, route, write)
+            # Never longer than the delivery has left; raises (nothing sent) when too little is left.
+            timeout = call_timeout(self._settings.graph_timeout_seconds)
+            response = await self._transmit(adapter, info, method, route, write, timeout)
             span.set_attribute("http.response.status_code", response.status_code)
             if response.headers.get("request-id"):
                 span.set_attribute("graphRequestId", response.headers["request-id"])
             return self._interpret(response, method, route, write, call)
 
-    async def _transmit(self, adapter: RequestAdapter, info: Any, method: str, route: str, write: bool) -> Any:
-        """The HTTP exchange itself, timed; transport failures become ours."""
+    async def _transmit(
+        self, adapter: RequestAdapter, info: Any, method: str, route: str, write: bool, seconds: float
+    ) -> Any:
+        """The HTTP exchange itself, timed and cut to ``seconds``; transport failures become ours."""
         started = time.perf_counter()
         status = "error"
         try:
             # The SDK's own spans (a dozen per call, with full URLs) are not recorded: ours is the one.
             with telemetry.quiet():
                 # With NativeResponseHandler the adapter hands back the raw httpx.Response.
-                response: Any = await adapter.send_primitive_async(info, "bytes", None)
+                async with asyncio.timeout(seconds):
+                    response: Any = await adapter.send_primitive_async(info, "bytes", None)
             if isinstance(response, httpx.Response):
                 status = str(response.status_code)
-        except httpx.ConnectError as fault:
-            raise TransientError(f"cannot reach Graph: {fault}", code="GraphUnreachable") from None
-        except (httpx.TimeoutException, httpx.TransportError) as fault:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as fault:
+            # The connection was never made: nothing reached Graph.
+            raise TransientError(f"cannot reach Graph: {type(fault).__name__}", code="GraphUnreachable") from None
+        except (httpx.TimeoutException, httpx.TransportError, TimeoutError) as fault:
             kind = AmbiguousOutcomeError if write else TransientError
+            timed_out = isinstance(fault, httpx.TimeoutException | TimeoutError)
             raise kind(
                 f"Graph call {method} failed in transit ({type(fault).__name__})",
-                code="GraphTimeout" if isinstance(fault, httpx.TimeoutException) else "GraphConnectionLost",
+                code="GraphTimeout" if timed_out else "GraphConnectionLost",
             ) from None
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
@@ -415,21 +419,7 @@ class SdkGraphGateway:
         # PATCH sets absolute values, so re-sending it after an ambiguous failure is harmless.
         await call_with_retries(attempt, policy=self._policy, budget=self._budget, what="setting the sign-in email")
 
-    async def _confirm_sent(self, user_id: str, since: datetime) -> SentInvitation | None:
-        user = await self.read_user(user_id)
-        changed = user.external_user_state_changed_at
-        if user.external_user_state == "PendingAcceptance" and changed and changed >= since - CLOCK_SKEW:
-            log.info("earlier reset invitation confirmed by read-back; not sending again")
-            return SentInvitation(None, "PendingAcceptance", None, None, confirmed_by_read_back=True)
-        return None
-
-    async def reset_redemption(self, body: InvitationBody, *, sent_after: datetime | None = None) -> SentInvitation:
-        if sent_after is not None:
-            confirmed = await self._confirm_sent(body.user_id, sent_after)
-            if confirmed is not None:
-                return confirmed
-        started = datetime.now(UTC)
-
+    async def reset_redemption(self, body: InvitationBody) -> SentInvitation:
         async def attempt() -> SentInvitation:
             data, request_id = await self._send("POST", "/invitations", body=body.to_json())
             return SentInvitation(
@@ -439,15 +429,13 @@ class SdkGraphGateway:
                 graph_request_id=request_id,
             )
 
-        async def check(_: ResetError) -> SentInvitation | None:
-            return await self._confirm_sent(body.user_id, started)
-
+        # A post that may have been processed is never sent again here (see the module docstring).
         return await call_with_retries(
             attempt,
             policy=self._policy,
             budget=self._budget,
             what="sending the reset invitation",
-            before_retry=check,
+            retry_if=lambda error: not isinstance(error, AmbiguousOutcomeError),
         )
 
     async def aclose(self) -> None:

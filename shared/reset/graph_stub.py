@@ -34,7 +34,6 @@ from shared.platform.logs import mask_email
 from shared.platform.scripted import ErrorSource, FailureScript
 from shared.reset.graph import USER_SELECT, GuestUser, InvitationBody, RoleAssignment, SentInvitation
 from shared.reset.graph_sdk import _AMBIGUOUS_STATUSES as AMBIGUOUS_STATUSES
-from shared.reset.graph_sdk import CLOCK_SKEW
 
 T = TypeVar("T")
 
@@ -343,10 +342,8 @@ class StubGraphGateway:
     async def set_sign_in_email(self, user: GuestUser, email: str) -> None:
         await self._call("set_sign_in_email", lambda: self._patch_mail(user, email), user=user, email=email)
 
-    async def reset_redemption(self, body: InvitationBody, *, sent_after: datetime | None = None) -> SentInvitation:
-        return await self._call(
-            "reset_redemption", lambda: self._reset(body, sent_after), body=body, sent_after=sent_after
-        )
+    async def reset_redemption(self, body: InvitationBody) -> SentInvitation:
+        return await self._call("reset_redemption", lambda: self._reset(body), body=body)
 
     async def read_user(self, user_id: str) -> GuestUser:
         return await self._call("read_user", lambda: self._require(user_id).to_guest(), user_id=user_id)
@@ -419,19 +416,7 @@ class StubGraphGateway:
         rest = ["smtp:" + p[5:] if p.startswith("SMTP:") else p for p in stored.proxy_addresses]
         stored.proxy_addresses = ["SMTP:" + email, *(p for p in rest if p.lower() != "smtp:" + email.lower())]
 
-    def _confirm_sent(self, user_id: str, since: datetime) -> SentInvitation | None:
-        """The adapter's read-back: did an earlier attempt's invitation take effect?"""
-        user = self._require(user_id).to_guest()
-        changed = user.external_user_state_changed_at
-        if user.external_user_state == "PendingAcceptance" and changed and changed >= since - CLOCK_SKEW:
-            return SentInvitation(None, "PendingAcceptance", None, None, confirmed_by_read_back=True)
-        return None
-
-    def _reset(self, body: InvitationBody, sent_after: datetime | None) -> SentInvitation:
-        if sent_after is not None:
-            confirmed = self._confirm_sent(body.user_id, sent_after)
-            if confirmed is not None:
-                return confirmed
+    def _reset(self, body: InvitationBody) -> SentInvitation:
         stored = self._find(body.user_id)
         if stored is None:
             raise self._graph_error(404, "Request_ResourceNotFound", NOT_FOUND.format(body.user_id))

@@ -1,4 +1,4 @@
-"""Messages the app writes: results for listeners, poison envelopes for operators."""
+"""Messages the app writes: results for listeners, poison envelopes for operators, requests held for later."""
 
 from __future__ import annotations
 
@@ -12,18 +12,34 @@ if TYPE_CHECKING:
     from azure.storage.queue.aio import QueueClient
 
 
-class Publisher:
-    """Sends JSON messages to the result and poison queues (plain text, no Base64)."""
+# A queue message can stay invisible for at most 7 days (and must become visible before it expires).
+MAX_HOLD_SECONDS = 7 * 24 * 3600 - 60
 
-    def __init__(self, *, results: QueueClient, poison: QueueClient, requests: QueueClient) -> None:
+
+class Publisher:
+    """Sends JSON messages to the app's queues (plain text, no Base64)."""
+
+    def __init__(
+        self,
+        *,
+        results: QueueClient,
+        poison: QueueClient,
+        requests: QueueClient,
+        callbacks: QueueClient | None = None,
+    ) -> None:
         self._results = results
         self._poison = poison
         self._requests = requests
+        self._callbacks = callbacks
+
+    def _queues(self) -> tuple[QueueClient, ...]:
+        extra = (self._callbacks,) if self._callbacks is not None else ()
+        return (self._results, self._poison, self._requests, *extra)
 
     async def ensure(self) -> None:
         from azure.core.exceptions import ResourceExistsError
 
-        for queue in (self._results, self._poison, self._requests):
+        for queue in self._queues():
             with contextlib.suppress(ResourceExistsError):
                 await queue.create_queue()
 
@@ -31,8 +47,9 @@ class Publisher:
         from azure.core.exceptions import AzureError
 
         text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+        hidden = max(0, min(int(delay + 0.999), MAX_HOLD_SECONDS))
         try:
-            await queue.send_message(text, visibility_timeout=int(delay) or None)
+            await queue.send_message(text, visibility_timeout=hidden or None)
         except AzureError as error:
             raise TransientError(
                 f"queue {queue.queue_name} unavailable: {type(error).__name__}", code="StorageUnavailable"
@@ -41,12 +58,17 @@ class Publisher:
     async def send_result(self, result: dict[str, Any]) -> None:
         await self._send(self._results, result)
 
-    async def send_poison(self, envelope: dict[str, Any]) -> None:
-        await self._send(self._poison, envelope)
+    async def send_poison(self, envelope: dict[str, Any] | str, *, delay: float = 0) -> None:
+        await self._send(self._poison, envelope, delay=delay)
 
     async def send_request(self, body: dict[str, Any] | str, *, delay: float = 0) -> None:
-        """Enqueue a request; ``delay`` seconds keeps it invisible that long (a deferred delivery)."""
+        """Enqueue a request; ``delay`` keeps it invisible that many seconds (a held delivery)."""
         await self._send(self._requests, body, delay=delay)
+
+    async def send_callback(self, job: dict[str, Any], *, delay: float = 0) -> None:
+        if self._callbacks is None:
+            raise RuntimeError("this publisher has no callback queue")
+        await self._send(self._callbacks, job, delay=delay)
 
     async def poison_depth(self) -> int:
         """Messages waiting in the poison queue (approximate, as the service counts them)."""
@@ -61,5 +83,5 @@ class Publisher:
         return int(properties.approximate_message_count or 0)
 
     async def aclose(self) -> None:
-        for queue in (self._results, self._poison, self._requests):
+        for queue in self._queues():
             await queue.close()

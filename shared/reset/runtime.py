@@ -71,6 +71,7 @@ async def build_runtime(settings: Settings) -> Runtime:
             results=queue_client(settings.storage, settings.result_queue),
             poison=queue_client(settings.storage, settings.poison_queue),
             requests=queue_client(settings.storage, settings.request_queue),
+            callbacks=queue_client(settings.storage, settings.callback_queue),
         ),
         gate=InvitationGate(GateStore(table_client(settings.storage, settings.status_table)), settings),
         fleet=fleet,
@@ -90,6 +91,7 @@ def stub_runtime(
     results: QueueClient | None = None,
     poison: QueueClient | None = None,
     requests: QueueClient | None = None,
+    callbacks: QueueClient | None = None,
 ) -> Runtime:
     """A whole runtime in memory: the Graph stub and storage doubles, or the ones given (tests, tools).
 
@@ -107,6 +109,7 @@ def stub_runtime(
             results=results or MemoryQueue(settings.result_queue),
             poison=poison or MemoryQueue(settings.poison_queue),
             requests=requests or MemoryQueue(settings.request_queue),
+            callbacks=callbacks or MemoryQueue(settings.callback_queue),
         ),
         # The breaker's and the pacer's entities live in the same (in-memory) status table.
         gate=InvitationGate(GateStore(table), settings),

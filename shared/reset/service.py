@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+import contextlib
 
-from shared.platform.errors import BREAKER_CODES, GraphRequestError, HoldError, TransientError
+from shared.platform.errors import (
+    BREAKER_CODES,
+    AmbiguousOutcomeError,
+    GraphRequestError,
+    HoldError,
+    ResetError,
+    TransientError,
+)
 from shared.platform.logs import app_logger, bind, mask_email
 from shared.platform.settings import Settings
 from shared.reset import policy
 from shared.reset.breaker import InvitationGate
 from shared.reset.contract import ResetRequest
+from shared.reset.deadline import time_left
 from shared.reset.graph import GraphGateway, GuestUser, InvitationBody, SentInvitation
-from shared.reset.status import Status, StatusRecord, StatusStore, utcnow
+from shared.reset.readback import Before, resolve_uncertain, verdict
+from shared.reset.status import Status, StatusRecord, StatusStore, iso_time, parse_iso_time, utcnow
 
 log = app_logger()
+
+# The record's phase while an invitation may be in flight, and after one provably was not sent.
+INVITING = "Inviting"
+NOT_SENT = "InviteNotSent"
 
 
 class ResetService:
@@ -60,9 +73,7 @@ class ResetService:
         if not await self._graph.wait_for_address(user.id, email, within=within):
             log.warning("the new email did not read back within %.0fs; inviting anyway", within)
 
-    async def _invite(
-        self, request_id: str, body: InvitationBody, *, sent_after: datetime | None, patched: bool
-    ) -> SentInvitation:
+    async def _invite(self, request_id: str, body: InvitationBody, *, patched: bool) -> SentInvitation:
         """Send the invitation; a refusal for the whole tenant opens the breaker and holds this request.
 
         After our own email switch Graph's invitation service may still check the old addresses
@@ -73,7 +84,7 @@ class ResetService:
         attempt = 0
         while True:
             try:
-                return await self._graph.reset_redemption(body, sent_after=sent_after)
+                return await self._graph.reset_redemption(body)
             except GraphRequestError as error:
                 if error.code in BREAKER_CODES and self._gate is not None:
                     raise await self._gate.trip(error, request_id) from None
@@ -95,6 +106,20 @@ class ResetService:
     async def run(self, request: ResetRequest, record: StatusRecord) -> StatusRecord:
         user = await self._find(request)
         bind(userId=user.id)
+        if record.phase == INVITING and record.invite_started_at is not None:
+            # An earlier delivery recorded the intent and then lost track: its invitation may have
+            # gone out. Decided by evidence only, before any rule is applied again: nothing is sent
+            # again (docs/operations.md).
+            sent = await resolve_uncertain(
+                self._graph,
+                request_id=record.request_id,
+                user_id=user.id,
+                before=_before(record),
+                sent_at=record.invite_started_at,
+                window=self._settings.readback_window_seconds,
+            )
+            return await self._succeeded(record, None, sent, verified=True, note=None)
+
         target = await self._check(request, user)
 
         if request.dry_run:
@@ -105,8 +130,7 @@ class ResetService:
                 user_id=user.id,
                 masked_email=mask_email(target),
                 finished_at=utcnow(),
-                lease_owner=None,
-                lease_until=None,
+                held_until=None,
                 error_code=None,
                 error_message=None,
                 history=record.with_event("dryRunPassed"),
@@ -125,45 +149,93 @@ class ResetService:
         body = InvitationBody.for_request(request, user, target, self._settings, default_redirect=default_redirect)
         if self._gate is not None:
             record = await self._gate.pace(record, self._status)
-        # Written before sending: a later delivery then knows an invitation may have gone out
-        # and checks by read-back instead of sending a second one.
-        earlier_attempt = record.invite_started_at
+        # A post needs its own time plus the read-back window should its outcome be unknown;
+        # with less left, hold the request now rather than start what cannot be finished.
+        needed = self._settings.graph_timeout_seconds + self._settings.readback_window_seconds
+        if time_left() < needed:
+            raise HoldError(
+                "too little of this delivery is left to send the invitation safely",
+                delay=1.0,
+                code="Waiting",
+                held=False,
+                limited=True,
+            )
+        before = Before.of(user)
+        # Written before sending: a later delivery then knows an invitation may have gone out,
+        # and resolves it by evidence instead of sending a second one.
+        sent_at = utcnow()
         record = await self._status.save(
             record,
             user_id=user.id,
             masked_email=mask_email(target),
-            phase="Inviting",
-            invite_started_at=earlier_attempt or utcnow(),
+            phase=INVITING,
+            invite_started_at=sent_at,
             invite_slot=None,
             send_invitation_message=body.send_message,
+            history=record.with_event("inviting", priorState=before.state, priorChange=iso_time(before.changed_at)),
         )
         try:
-            sent = await self._invite(record.request_id, body, sent_after=earlier_attempt, patched=patched)
-        except HoldError:
-            # Graph refused this send outright (the block): no invitation went out in this delivery.
-            await self._status.save(record, invite_started_at=earlier_attempt)
-            raise
-        after = await self._graph.read_user(user.id)
-        verified = after.external_user_state == "PendingAcceptance"
-        if not verified:
-            log.warning(
-                "Graph accepted the reset but the user reads back as %s",
-                after.external_user_state,
+            sent = await self._invite(record.request_id, body, patched=patched)
+        except AmbiguousOutcomeError as error:
+            log.warning("the invitation's outcome is unknown (%s); reading the guest back, not resending", error.code)
+            sent = await resolve_uncertain(
+                self._graph,
+                request_id=record.request_id,
+                user_id=user.id,
+                before=before,
+                sent_at=sent_at,
+                window=self._settings.readback_window_seconds,
             )
+            return await self._succeeded(record, body, sent, verified=True, note=None)
+        except ResetError:
+            # Graph refused it or never got it (a hold by the breaker included): nothing was sent,
+            # so the intent no longer stands and a later delivery may send.
+            with contextlib.suppress(ResetError):
+                record = await self._status.save(record, phase=NOT_SENT, invite_started_at=None)
+            raise
+        try:
+            after: GuestUser | None = await self._graph.read_user(user.id)
+        except ResetError as error:
+            # The invitation went out (201); a failed read-back must not turn that into a failure.
+            log.warning("the user could not be read back after the invitation: %s", error.code)
+            after = None
+        verified, note = verdict(before, after, sent_at)
+        if verified is False:
+            log.warning("Graph accepted the reset but %s", note)
         log.info("reset invitation %s sent to %s", sent.id, mask_email(target))
+        return await self._succeeded(record, body, sent, verified=verified, note=note)
+
+    async def _succeeded(
+        self,
+        record: StatusRecord,
+        body: InvitationBody | None,
+        sent: SentInvitation,
+        *,
+        verified: bool | None,
+        note: str | None,
+    ) -> StatusRecord:
         return await self._status.save(
             record,
             status=Status.SUCCEEDED,
             phase="Done",
             finished_at=utcnow(),
-            lease_owner=None,
-            lease_until=None,
+            held_until=None,
             invitation_id=sent.id,
             graph_request_id=sent.graph_request_id,
             verified=verified,
             error_code=None,
             error_message=None,
             # Kept only when no email goes out: then an admin must hand the link over.
-            redeem_url=None if body.send_message else sent.redeem_url,
-            history=record.with_event("succeeded", confirmedByReadBack=sent.confirmed_by_read_back or None),
+            redeem_url=sent.redeem_url if body is not None and not body.send_message else None,
+            history=record.with_event(
+                "succeeded", confirmedByReadBack=sent.confirmed_by_read_back or None, readBack=note
+            ),
         )
+
+
+def _before(record: StatusRecord) -> Before | None:
+    """The guest's state before the invitation, as the delivery that sent it wrote it down."""
+    for event in reversed(record.history):
+        if event.get("event") == "inviting":
+            return Before(event.get("priorState"), parse_iso_time(event.get("priorChange")))
+    return None

@@ -1,29 +1,47 @@
 """The status record of each request (Azure Table), and the claim that makes delivery idempotent.
 
-One entity per requestId (PartitionKey = requestId). ``claim`` uses optimistic concurrency
-(ETag) and a lease: a redelivered finished request does nothing, and of two concurrent
-deliveries of one requestId only one gets to send the invitation.
+One status entity per requestId (PartitionKey = requestId, RowKey ``status``). A delivery works
+on a request only while it holds the request's claim: a second entity in the same partition
+(RowKey ``lease``) with an owner and an expiry, taken and renewed with ETags. The claim is short
+(``CLAIM``) and a heartbeat renews it while its worker lives, so a dead worker's claim lapses
+within a minute; it lives beside the status record so that renewing it never changes the
+record's ETag, which the reset's own saves are guarded by. Taking a claim also bumps the status
+record (attempts, history): that write is the fence that stops a delivery whose claim was taken
+over from saving anything more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.platform.errors import TransientError
+from shared.platform.errors import ClaimLostError, TransientError
 from shared.platform.logs import mask_email
-from shared.reset.contract import ResetOutcome, ResetRequest, canonical_json, stored_request
+from shared.reset.contract import (
+    IDEMPOTENCY_WINDOW,
+    ResetOutcome,
+    ResetRequest,
+    canonical_json,
+    derived_request_ids,
+    stored_request,
+)
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
 
 ROW_KEY = "status"
-LEASE = timedelta(minutes=10)  # as long as the host keeps a message invisible while it runs
+LEASE_ROW_KEY = "lease"
+# A claim lasts a minute and the heartbeat renews it every 20 s: two renewals may fail (a storage
+# blip) before it lapses, and a dead worker's requests are free again a minute after it died.
+CLAIM = timedelta(seconds=60)
+HEARTBEAT_SECONDS = CLAIM.total_seconds() / 3
 HISTORY_LIMIT = 20
 
 
@@ -81,8 +99,11 @@ class StatusRecord:
     phase: str | None = None
     invite_started_at: datetime | None = None
     invite_slot: datetime | None = None
-    lease_owner: str | None = None
-    lease_until: datetime | None = None
+    # Set when a delivery holds the request back on purpose (a hold): the sweeper leaves the
+    # record alone until then instead of taking it for stalled.
+    held_until: datetime | None = None
+    deferrals: int = 0
+    callback_status: str | None = None
     message_hash: str | None = None
     request_json: str | None = None
     replays: int = 0
@@ -181,13 +202,45 @@ def _from_entity(entity: Any) -> StatusRecord:
     return StatusRecord(**values, etag=metadata.get("etag"))
 
 
+@dataclass
+class Lease:
+    """A delivery's claim on a request; ``etag`` follows each renewal, so release is the owner's alone."""
+
+    request_id: str
+    owner: str
+    until: datetime
+    etag: str | None
+    released: bool = False
+    # Renewals and the final save take turns, so the save never carries an ETag a renewal just replaced.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
+
+    def live(self, now: datetime | None = None) -> bool:
+        return self.until > (now or utcnow())
+
+
 @dataclass(frozen=True)
 class Claim:
-    """``claimed``: this delivery owns the request now; ``finished``: nothing to do;
-    ``busy``: another delivery holds a live lease on it."""
+    """``claimed``: this delivery holds ``lease`` now; ``finished``: nothing to do;
+    ``busy``: another delivery holds a live claim on it until ``busy_until``."""
 
     kind: Literal["claimed", "finished", "busy"]
     record: StatusRecord
+    lease: Lease | None = None
+    busy_until: datetime | None = None
+
+
+def _lease_from(entity: Any) -> Lease:
+    metadata: dict[str, Any] = getattr(entity, "metadata", None) or {}
+    until = parse_iso_time(entity.get("Until")) or utcnow()
+    return Lease(entity["PartitionKey"], str(entity.get("Owner") or ""), until, metadata.get("etag"))
+
+
+# Characters a Table key cannot hold (the service answers 400), and its size limit.
+_BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+
+
+def valid_key(value: str) -> bool:
+    return 0 < len(value) <= 512 and not _BAD_KEY.search(value)
 
 
 def _storage_error(action: str, error: Exception) -> TransientError:
@@ -209,6 +262,8 @@ class StatusStore:
     async def get(self, request_id: str) -> StatusRecord | None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
+        if not valid_key(request_id):
+            return None  # no record can have it; asking the table would be a 400, not a "no"
         try:
             return _from_entity(await self._table.get_entity(request_id, ROW_KEY))
         except ResourceNotFoundError:
@@ -262,45 +317,146 @@ class StatusStore:
             raise _storage_error("writing a status", error) from error
         return replace(record, etag=meta.get("etag"))
 
+    async def read_lease(self, request_id: str) -> Lease | None:
+        """The claim on a request as stored (live or lapsed), or None when nobody holds one."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        try:
+            entity = await self._table.get_entity(request_id, LEASE_ROW_KEY)
+        except ResourceNotFoundError:
+            return None
+        except AzureError as error:
+            raise _storage_error("reading a claim", error) from error
+        return _lease_from(entity)
+
+    async def _claim_state(self, request_id: str) -> tuple[StatusRecord | None, Lease | None]:
+        """The status record and the claim, in one read of the request's partition."""
+        from azure.core.exceptions import AzureError
+
+        record = lease = None
+        try:
+            async for entity in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": request_id}):
+                if entity.get("RowKey") == ROW_KEY:
+                    record = _from_entity(entity)
+                elif entity.get("RowKey") == LEASE_ROW_KEY:
+                    lease = _lease_from(entity)
+        except AzureError as error:
+            raise _storage_error("reading a status", error) from error
+        return record, lease
+
+    def _lease_entity(self, request_id: str, owner: str, until: datetime) -> dict[str, Any]:
+        return {"PartitionKey": request_id, "RowKey": LEASE_ROW_KEY, "Owner": owner, "Until": iso_time(until)}
+
+    async def _take(
+        self, template: StatusRecord, current: StatusRecord | None, held: Lease | None, owner: str
+    ) -> tuple[StatusRecord, Lease] | None:
+        """Take the claim and bump the record in one transaction (one partition); None on a race.
+
+        The bump (attempts + 1 under the record's ETag) is the fence: a delivery whose claim was
+        taken over fails on its next save of the record.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, HttpResponseError
+        from azure.data.tables import UpdateMode
+
+        now = utcnow()
+        until = now + CLAIM
+        guarded = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
+        lease_entity = self._lease_entity(template.request_id, owner, until)
+        lease_op: Any = (
+            ("create", lease_entity) if held is None else ("update", lease_entity, {**guarded, "etag": held.etag})
+        )
+        if current is None:
+            first = replace(template, status=Status.PROCESSING, attempts=1, created_at=now, updated_at=now)
+            record = replace(first, held_until=None, history=first.with_event("claimed"))
+            status_op: Any = ("create", _to_entity(record))
+        else:
+            bumped = replace(current, attempts=current.attempts + 1)
+            record = replace(
+                bumped,
+                status=Status.PROCESSING,
+                updated_at=now,
+                held_until=None,
+                history=bumped.with_event("claimed"),
+                message_hash=current.message_hash or template.message_hash,
+            )
+            status_op = ("update", _to_entity(record), {**guarded, "etag": current.etag})
+        try:
+            lease_meta, status_meta = await self._table.submit_transaction([lease_op, status_op])
+        except HttpResponseError as error:
+            if error.status_code in {404, 409, 412}:
+                return None  # another delivery (or writer) got there first
+            raise _storage_error("claiming a request", error) from error
+        except AzureError as error:
+            raise _storage_error("claiming a request", error) from error
+        lease = Lease(template.request_id, owner, until, lease_meta.get("etag"))
+        return replace(record, etag=status_meta.get("etag")), lease
+
+    async def renew(self, lease: Lease) -> None:
+        """Extend the claim by ``CLAIM`` from now; ``ClaimLostError`` when it is no longer ours."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        until = utcnow() + CLAIM
+        try:
+            async with lease.lock:
+                if lease.released:
+                    return
+                meta = await self._table.update_entity(
+                    self._lease_entity(lease.request_id, lease.owner, until),
+                    mode=UpdateMode.REPLACE,
+                    etag=lease.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise ClaimLostError(f"the claim on {lease.request_id} lapsed and another delivery took it over") from None
+        except AzureError as error:
+            raise _storage_error("renewing a claim", error) from error
+        lease.until, lease.etag = until, meta.get("etag")
+
+    async def release(self, lease: Lease) -> bool:
+        """Give the claim back so the next delivery can take it at once.
+
+        Only the owner can: the delete is guarded by the ETag of the owner's last renewal. False
+        when the claim is someone else's by now (it lapsed and was taken over), which is left alone.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
+
+        if lease.released:
+            return True
+        try:
+            await self._table.delete_entity(
+                lease.request_id, LEASE_ROW_KEY, etag=lease.etag, match_condition=MatchConditions.IfNotModified
+            )
+            lease.released = True
+        except ResourceNotFoundError:
+            return True
+        except ResourceModifiedError:
+            return False
+        except AzureError as error:
+            raise _storage_error("releasing a claim", error) from error
+        return True
+
     async def claim(self, template: StatusRecord, *, owner: str) -> Claim:
         """Take the request for this delivery, or say why not (finished / busy elsewhere)."""
-        now = utcnow()
-        lease: dict[str, Any] = {"lease_owner": owner, "lease_until": now + LEASE, "status": Status.PROCESSING}
         for _ in range(5):
-            current = await self.get(template.request_id)
-            if current is None:
-                first = replace(template, attempts=1, created_at=now, updated_at=now, **lease)
-                created = await self.create(replace(first, history=first.with_event("claimed")))
-                if created is not None:
-                    return Claim("claimed", created)
-                continue
-            if current.status.terminal:
+            current, held = await self._claim_state(template.request_id)
+            if current is not None and current.status.terminal:
                 return Claim("finished", current)
-            if (
-                current.status is Status.PROCESSING
-                and current.lease_owner not in (None, owner)
-                and current.lease_until is not None
-                and current.lease_until > now
-            ):
-                return Claim("busy", current)
-            bumped = replace(current, attempts=current.attempts + 1)
-            try:
-                saved = await self.save(
-                    bumped,
-                    history=bumped.with_event("claimed"),
-                    message_hash=current.message_hash or template.message_hash,
-                    **lease,
-                )
-            except TransientError as error:
-                if error.code == "StatusConflict":
-                    continue
-                raise
-            return Claim("claimed", saved)
+            if held is not None and held.owner != owner and held.live():
+                return Claim("busy", current or template, busy_until=held.until)
+            taken = await self._take(template, current, held, owner)
+            if taken is not None:
+                return Claim("claimed", taken[0], taken[1])
         raise TransientError("the status record kept changing while claiming it", code="StatusConflict")
 
-    async def release(self, record: StatusRecord, event: str, **details: Any) -> StatusRecord:
-        """Give the lease back so the next delivery can claim at once; note why in the history."""
-        return await self.save(record, lease_owner=None, lease_until=None, history=record.with_event(event, **details))
+    async def note(
+        self, record: StatusRecord, event: str, *, changes: dict[str, Any] | None = None, **details: Any
+    ) -> StatusRecord:
+        """Add an event to the record's history (and apply ``changes``), ETag-guarded."""
+        return await self.save(record, history=record.with_event(event, **details), **(changes or {}))
 
     async def delete(self, request_id: str) -> None:
         """Best effort: remove a record whose request never made it onto the queue."""
@@ -358,8 +514,8 @@ class StatusStore:
         """One non-status entity's properties, or None when it does not exist."""
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-        if row_key == ROW_KEY:
-            raise ValueError("status records are read with get()")
+        if row_key in (ROW_KEY, LEASE_ROW_KEY):
+            raise ValueError("status records are read with get(), claims with read_lease()")
         try:
             return dict(await self._table.get_entity(partition_key, row_key))
         except ResourceNotFoundError:
@@ -372,7 +528,7 @@ class StatusStore:
         from azure.core.exceptions import AzureError
         from azure.data.tables import UpdateMode
 
-        if entity.get("RowKey") == ROW_KEY:
+        if entity.get("RowKey") in (ROW_KEY, LEASE_ROW_KEY):
             raise ValueError("status records are written with create(), save() or put()")
         try:
             await self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
@@ -381,3 +537,55 @@ class StatusStore:
 
     async def aclose(self) -> None:
         await self._table.close()
+
+
+class ClaimedStore(StatusStore):
+    """The status store as the holder of ``lease`` uses it: the save that ends the request also gives
+    the claim back, in one transaction (one round trip fewer per request than a separate release)."""
+
+    def __init__(self, store: StatusStore, lease: Lease) -> None:
+        super().__init__(store._table)
+        self._lease = lease
+
+    async def save(self, record: StatusRecord, **changes: Any) -> StatusRecord:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, HttpResponseError
+        from azure.data.tables import UpdateMode
+
+        status = changes.get("status", record.status)
+        if not Status(status).terminal or self._lease.released or record.request_id != self._lease.request_id:
+            return await super().save(record, **changes)
+        updated = replace(record, updated_at=utcnow(), **changes)
+        guarded = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
+        async with self._lease.lock:
+            lease_key = {"PartitionKey": record.request_id, "RowKey": LEASE_ROW_KEY}
+            operations: Any = [
+                ("update", _to_entity(updated), {**guarded, "etag": record.etag}),
+                ("delete", lease_key, {"etag": self._lease.etag, "match_condition": MatchConditions.IfNotModified}),
+            ]
+            try:
+                status_meta, _ = await self._table.submit_transaction(operations)
+            except HttpResponseError as error:
+                if error.status_code in {404, 409, 412}:
+                    # The record or the claim changed hands: another delivery holds the request now.
+                    raise TransientError(
+                        f"status of {record.request_id} changed under us; will retry", code="StatusConflict"
+                    ) from None
+                raise _storage_error("saving a status", error) from error
+            except AzureError as error:
+                raise _storage_error("saving a status", error) from error
+            self._lease.released = True
+        return replace(updated, etag=status_meta.get("etag"))
+
+
+async def derive_request_id(store: StatusStore, request: ResetRequest, *, scope: str, at: datetime) -> str:
+    """The requestId of a request that came without one (``contract.derived_request_ids``).
+
+    The previous window's id wins while a record under it is younger than the window, so a
+    retry is the same request however the window boundary falls between the two.
+    """
+    current, previous = derived_request_ids(request, scope=scope, at=at)
+    earlier = await store.get(previous)
+    if earlier is not None and earlier.created_at is not None and earlier.created_at >= at - IDEMPOTENCY_WINDOW:
+        return previous
+    return current

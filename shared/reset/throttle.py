@@ -1,7 +1,8 @@
 """Retries of Graph calls: the schedule, and the pause a 429 puts on the app-wide write budget.
 
 The budget itself (``WriteBudget``, shared by every instance through storage) lives in
-``shared.reset.budget``; a 429 pauses every instance for the Retry-After Graph asked for.
+``shared.reset.budget``; a 429 pauses every instance for the Retry-After Graph asked for. Every
+wait respects the delivery's deadline (``shared.reset.deadline``).
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from shared.platform.errors import AmbiguousOutcomeError, ResetError, TransientError
+from shared.platform.errors import ResetError, TransientError
 from shared.platform.logs import app_logger
 from shared.reset.budget import WriteBudget
+from shared.reset.deadline import MAX_IN_PROCESS_WAIT, check_wait
 
 __all__ = ["MAX_IN_PROCESS_WAIT", "RetryPolicy", "WriteBudget", "call_with_retries"]
 
 log = app_logger()
 T = TypeVar("T")
-
-# Graph may ask for waits longer than a queue invocation should sleep; past this the message
-# is released and the host redelivers it later instead.
-MAX_IN_PROCESS_WAIT = 120.0
 
 
 @dataclass(frozen=True)
@@ -48,12 +46,13 @@ async def call_with_retries(
     policy: RetryPolicy,
     budget: WriteBudget,
     what: str,
-    before_retry: Callable[[ResetError], Awaitable[T | None]] | None = None,
+    retry_if: Callable[[ResetError], bool] | None = None,
 ) -> T:
-    """Run ``operation``, retrying transient failures per ``policy``.
+    """Run ``operation``, retrying transient failures per ``policy`` within the delivery's deadline.
 
-    ``before_retry`` resolves ambiguous outcomes: when a write may already have happened it is
-    asked first, and a non-None answer is taken as the result instead of sending again.
+    ``retry_if`` decides per error whether a retry is allowed at all: a write whose outcome is
+    unknown must not be sent again (the caller resolves it by evidence). A wait Graph asked for
+    that does not fit the deadline raises ``HoldError``.
     """
     attempt = 1
     while True:
@@ -62,10 +61,13 @@ async def call_with_retries(
         except TransientError as error:
             if error.code == "GraphThrottled" and error.retry_after:
                 budget.pause(error.retry_after)
+            if retry_if is not None and not retry_if(error):
+                raise
             wait = policy.delay(attempt, error)
-            if attempt >= policy.max_attempts or wait > MAX_IN_PROCESS_WAIT:
+            if attempt >= policy.max_attempts:
                 error.message = f"{error.message} (gave up {what} after {attempt} attempt(s))"
                 raise
+            check_wait(wait, holdable=error.retry_after is not None, what=what)
             log.warning(
                 "retrying %s after %s (attempt %d of %d, waiting %.2fs)",
                 what,
@@ -75,8 +77,4 @@ async def call_with_retries(
                 wait,
             )
             await asyncio.sleep(wait)
-            if before_retry is not None and isinstance(error, AmbiguousOutcomeError):
-                resolved = await before_retry(error)
-                if resolved is not None:
-                    return resolved
             attempt += 1

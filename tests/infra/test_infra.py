@@ -276,7 +276,7 @@ def test_storage_creates_the_app_queues_table_and_containers() -> None:
     assert tree(MAIN)["variables"]["bulkContainerName"]["value"] == "bulk-resets"
 
     params = body(tree(MAIN)["modules"]["storage"])["params"]
-    assert params["queueNames"] == ["requestQueueName", "poisonQueueName", "resultQueueName"]
+    assert params["queueNames"] == ["requestQueueName", "poisonQueueName", "resultQueueName", "callbackQueueName"]
     assert params["tableNames"] == ["statusTableName", "stateTableName"]
     assert params["containerNames"] == ["deploymentStorageContainerName", "bulkContainerName"]
 

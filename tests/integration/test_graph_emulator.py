@@ -567,6 +567,17 @@ def test_seeded_chaos_injects_faults(emulator: EmulatorHandle, graph: httpx.Clie
     assert graph.get(f"/users/{ADELE}").status_code == 200
 
 
+def test_chaos_timeouts_apply_the_write_and_answer_too_late(emulator: EmulatorHandle, graph: httpx.Client) -> None:
+    """pTimeout: the invitation is processed, and the answer comes only after the client has given up."""
+    emulator.control.set_chaos(p_timeout=1.0, timeout_ms=1500, seed=3)
+    with pytest.raises(httpx.ReadTimeout):
+        graph.post("/invitations", json=reset_body(), timeout=0.5)
+    emulator.control.set_chaos()
+    [entry] = emulator.control.invitations()
+    assert entry["fault"]["holdMs"] == 1500 and entry["fault"]["afterProcessing"] is True
+    assert emulator.control.user(ADELE)["externalUserState"] == "PendingAcceptance"
+
+
 def test_latency_is_applied(emulator: EmulatorHandle, graph: httpx.Client) -> None:
     """Configured latency delays every Graph response."""
     emulator.control.set_latency(200)

@@ -255,18 +255,35 @@ async def receiver(
     await runner.cleanup()
 
 
+async def deliver_callbacks(app: App) -> int:
+    """Run the callback trigger's handler on every queued callback job, as the host would."""
+    from shared.reset.callbacks import handle_callback_message
+
+    queue = QueueClient.from_connection_string(app.connection_string, app.settings.callback_queue)
+    handled = 0
+    for message in queue.receive_messages(max_messages=32, visibility_timeout=60):
+        await handle_callback_message(message.content.encode(), message_id=message.id)
+        queue.delete_message(message)
+        handled += 1
+    return handled
+
+
 async def test_callback_is_delivered_with_retries(
     app: App, receiver: tuple[str, list[dict[str, Any]], list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The outcome is POSTed to the callback; a 503 from it is retried; the outcome stands."""
+    """The outcome is stored first, then POSTed from the callback queue; a 503 from it is retried."""
     url, received, _ = receiver
     monkeypatch.setenv("CALLBACK_ALLOWED_HOSTS", "127.0.0.1")
-    monkeypatch.setattr("shared.reset.callbacks.DELAYS", (0.05, 0.05, 0.05))
+    monkeypatch.setattr("shared.reset.callbacks.DELAYS", (0.05,))
     reset_settings()
     assert (await submit({"userId": ADELE, "requestId": "cb", "callbackUrl": url})).status_code == 202
     await deliver_queued(app)
+    assert received == [], "nothing is POSTed on the reset's own path"
+    assert await deliver_callbacks(app) == 1
     assert [r["requestId"] for r in received] == ["cb", "cb"]
     assert received[-1]["status"] == "Succeeded"
+    record = await app.status("cb")
+    assert record is not None and record.callback_status == "Delivered"
 
 
 async def test_callback_failure_never_changes_the_outcome(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,7 +292,12 @@ async def test_callback_failure_never_changes_the_outcome(app: App, monkeypatch:
     reset_settings()
     await submit({"userId": ADELE, "requestId": "cb-down", "callbackUrl": "https://127.0.0.1:9/hook"})
     await deliver_queued(app)
+    await deliver_callbacks(app)
     assert body_of(await status("cb-down"))["status"] == "Succeeded"
+    record = await app.status("cb-down")
+    assert record is not None and record.callback_status is None and record.history[-1]["event"] == "succeeded"
+    callbacks = QueueClient.from_connection_string(app.connection_string, app.settings.callback_queue)
+    assert callbacks.get_queue_properties().approximate_message_count == 1, "tried again later, delayed"
 
 
 def principal(**claims: str) -> str:

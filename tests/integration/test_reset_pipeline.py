@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from urllib.parse import unquote
 
@@ -196,12 +197,27 @@ async def test_ambiguous_504_is_resolved_by_read_back_without_resending(app: App
     assert record.history[-1].get("confirmedByReadBack") is True
 
 
-async def test_unprocessed_504_is_sent_again(app: App) -> None:
-    """A 504 that never reached the invitation service is followed by one real send."""
+async def test_504_without_evidence_ends_outcome_unknown_and_a_replay_sends_it_once(app: App) -> None:
+    """A 504 that left no trace is not re-sent on a guess: OutcomeUnknown; an operator's replay sends once."""
+    from shared.api import triage
+    from shared.reset.runtime import get_runtime
+
     app.graph.add_fault(method="POST", path="^/invitations$", status=504, times=1)
     await app.deliver({"userId": ADELE, "requestId": "retry-504"})
+    assert [p["status"] for p in app.graph.journal(method="POST")] == [504]
+    [poisoned] = await app.run_poison_handler()
+    assert poisoned["error"]["code"] == "OutcomeUnknown"
+    record = await app.status("retry-504")
+    assert record is not None and record.status is Status.FAILED and record.error_code == "OutcomeUnknown"
+    assert "audit log" in (record.error_message or "") and "poison replay" in (record.error_message or "")
+
+    report = await triage.replay(await get_runtime(), request_ids=["retry-504"])
+    assert report.moved == ["retry-504"]
+    [message] = app.drain(app.settings.request_queue)
+    await app.deliver(message)
     assert [p["status"] for p in app.graph.journal(method="POST")] == [504, 201]
-    assert len(app.graph.invitations()) == 1
+    record = await app.status("retry-504")
+    assert record is not None and record.status is Status.SUCCEEDED and record.verified is True
 
 
 async def test_transient_failure_is_handed_back_then_poisoned_with_history(app: App) -> None:
@@ -301,11 +317,11 @@ async def test_host_poisoned_copy_without_request_id_is_linked_by_its_body(app: 
     from shared.reset.worker import handle_poison_message
 
     await handle_poison_message(body, message_id="poison-copy-id")
-    record = await app.status("original-id")
-    assert record is not None and record.status is Status.FAILED
-    assert record.error_code == "DeliveryFailed" and "GraphUnavailable" in (record.error_message or "")
     [result] = app.results()
-    assert result["requestId"] == "original-id" and result["ticketId"] == "INC-HASH"
+    assert result["requestId"].startswith("auto-") and result["ticketId"] == "INC-HASH"
+    record = await app.status(result["requestId"])
+    assert record is not None and record.status is Status.FAILED and record.attempts == 1
+    assert record.error_code == "DeliveryFailed" and "GraphUnavailable" in (record.error_message or "")
 
 
 async def test_queue_message_with_a_callback_off_the_allowlist_is_refused(app: App) -> None:
@@ -314,3 +330,45 @@ async def test_queue_message_with_a_callback_off_the_allowlist_is_refused(app: A
     [poisoned] = app.poison()
     assert poisoned["error"]["code"] == "InvalidRequest" and "callbackUrl" in poisoned["error"]["message"]
     assert app.graph.journal() == []
+
+
+async def test_a_retry_after_longer_than_the_delivery_holds_the_request_on_the_queue(app: App) -> None:
+    """Graph asks for ten minutes: the delivery completes, a copy waits invisible on the real queue, nothing fails."""
+    from azure.storage.queue import QueueClient
+
+    app.graph.add_fault(method="POST", path="^/invitations$", status=429, retry_after="600", times=1)
+    await app.deliver({"userId": ADELE, "requestId": "held"}, dequeue_count=1)
+    queue = QueueClient.from_connection_string(app.connection_string, app.settings.request_queue)
+    assert queue.get_queue_properties().approximate_message_count == 1
+    assert queue.peek_messages(max_messages=5) == [], "invisible until Graph's wait is over"
+    record = await app.status("held")
+    assert record is not None and record.status is Status.PROCESSING and record.deferrals == 1
+    assert record.phase == "InviteNotSent" and app.graph.invitations() == [] and app.poison() == []
+
+
+async def test_a_dead_deliverys_claim_lapses_and_the_next_one_finishes_by_evidence(app: App) -> None:
+    """A worker died after Graph took the invitation and before it saved: once its claim lapses the
+    next delivery reads the guest back and records Succeeded, with one invitation in all."""
+    from shared.reset.runtime import get_runtime
+    from shared.reset.status import LEASE_ROW_KEY, iso_time, utcnow
+
+    app.graph.add_fault(method="POST", path="^/invitations$", status=None, drop=True, after_processing=True, times=1)
+    app.graph.add_fault(method="GET", path=f"^/users/{ADELE}$", status=403, times=None)
+    await app.deliver({"userId": ADELE, "requestId": "dead"})  # stands in for the dead worker
+    app.graph.clear_faults()
+    table = (await get_runtime()).status._table
+    from azure.core.exceptions import ResourceNotFoundError
+
+    with contextlib.suppress(ResourceNotFoundError):
+        await table.delete_entity("dead", LEASE_ROW_KEY)
+    store = (await get_runtime()).status
+    record = await store.get("dead")
+    assert record is not None
+    await store.save(record, status=Status.PROCESSING, phase="Inviting")  # the state it died in
+    await table.create_entity(
+        {"PartitionKey": "dead", "RowKey": LEASE_ROW_KEY, "Owner": "gone:1:x", "Until": iso_time(utcnow())}
+    )
+    await app.deliver({"userId": ADELE, "requestId": "dead"}, dequeue_count=2)
+    record = await app.status("dead")
+    assert record is not None and record.status is Status.SUCCEEDED and record.verified is True
+    assert len(app.graph.invitations()) == 1 and len(app.graph.journal(method="POST")) == 1

@@ -30,6 +30,7 @@ import function_app
 from shared.platform import telemetry
 from shared.platform.logs import app_logger, bind_request, install_filters
 from shared.platform.settings import reset_settings
+from shared.reset.callbacks import handle_callback_message
 from shared.reset.runtime import reset_runtime
 from shared.reset.status import utcnow
 from shared.reset.worker import handle_request_message
@@ -123,6 +124,10 @@ async def test_one_trace_from_intake_through_the_queue_to_graph_and_the_callback
     await handle_request_message(
         message.content.encode(), message_id=message.id, dequeue_count=1, inserted_at=utcnow() - timedelta(seconds=3)
     )
+    # The callback goes out from its own queue, after the outcome is stored: the same trace.
+    callbacks = QueueClient.from_connection_string(app.connection_string, app.settings.callback_queue)
+    [job] = list(callbacks.receive_messages(max_messages=1))
+    await handle_callback_message(job.content.encode(), message_id=job.id)
 
     spans = otel.spans.get_finished_spans()
     [intake] = named(spans, "accept resets")
@@ -135,8 +140,11 @@ async def test_one_trace_from_intake_through_the_queue_to_graph_and_the_callback
     graph = [s for s in spans if s.kind is trace.SpanKind.CLIENT and s.name != "POST callback"]
     assert {s.name for s in graph} >= {"GET /users/{id}", "POST /invitations"}
     assert all(s.parent is not None and s.parent.span_id == worker.context.span_id for s in graph)
+    [delivery] = named(spans, "deliver callback")
+    assert delivery.kind is trace.SpanKind.CONSUMER and delivery.context.trace_id == intake.context.trace_id
+    assert delivery.parent is not None and delivery.parent.span_id == worker.context.span_id
     [callback] = named(spans, "POST callback")
-    assert callback.parent is not None and callback.parent.span_id == worker.context.span_id
+    assert callback.parent is not None and callback.parent.span_id == delivery.context.span_id
     assert callback.attributes and callback.attributes["server.address"] == "127.0.0.1"
     # Only our spans: msgraph-sdk's middleware spans (full URLs, a dozen per call) are not recorded.
     assert {s.instrumentation_scope.name for s in spans if s.instrumentation_scope} == {"guest_reset"}

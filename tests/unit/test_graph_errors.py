@@ -9,6 +9,7 @@ import pytest
 from shared.platform.errors import (
     AmbiguousOutcomeError,
     GraphRequestError,
+    HoldError,
     PolicyRefusedError,
     ResetError,
     TransientError,
@@ -167,53 +168,37 @@ class Post:
         return "sent"
 
 
-class ReadBack:
-    """The evidence check: answers ``found`` and counts how often it was asked."""
-
-    def __init__(self, found: str | None) -> None:
-        self.found = found
-        self.asked = 0
-
-    async def __call__(self, _: ResetError) -> str | None:
-        self.asked += 1
-        return self.found
+def not_ambiguous(error: ResetError) -> bool:
+    """The gateway's rule for the invitation: a write that may have run is never sent again."""
+    return not isinstance(error, AmbiguousOutcomeError)
 
 
-async def test_an_ambiguous_write_confirmed_by_evidence_is_never_sent_again() -> None:
-    """A 504 whose invitation took effect is answered by the read-back, not by a second invitation."""
-    post, check = Post(graph_failure(504, write=True, retry_after=0)), ReadBack("confirmed")
-    result = await call_with_retries(post, policy=NO_WAIT, budget=WriteBudget(100), what="x", before_retry=check)
-    assert (result, post.sent, check.asked) == ("confirmed", 1, 1)
+@pytest.mark.parametrize(
+    "error",
+    [graph_failure(504, write=True, retry_after=0), transit_failure("reset_redemption", "timeout", write=True)],
+    ids=["504", "timeout"],
+)
+async def test_an_ambiguous_write_is_never_sent_again(error: ResetError) -> None:
+    """A write that may have been applied ends the call after one send; evidence decides (readback.py)."""
+    post = Post(error)
+    with pytest.raises(AmbiguousOutcomeError):
+        await call_with_retries(post, policy=NO_WAIT, budget=WriteBudget(100), what="x", retry_if=not_ambiguous)
+    assert post.sent == 1
 
 
-async def test_an_ambiguous_write_without_evidence_is_sent_again() -> None:
-    """When the read-back shows the write did not land, sending again is safe and happens."""
-    post, check = Post(transit_failure("reset_redemption", "timeout", write=True)), ReadBack(None)
-    result = await call_with_retries(post, policy=NO_WAIT, budget=WriteBudget(100), what="x", before_retry=check)
-    assert (result, post.sent, check.asked) == ("sent", 2, 1)
-
-
-async def test_a_plain_transient_failure_is_retried_without_asking_for_evidence() -> None:
-    """A 503 or a 429 was not applied: the retry goes out without a read-back."""
-    post, check = Post(graph_failure(503, write=True), graph_failure(429, write=True, retry_after=0)), ReadBack("x")
-    result = await call_with_retries(post, policy=NO_WAIT, budget=WriteBudget(100), what="x", before_retry=check)
-    assert (result, post.sent, check.asked) == ("sent", 3, 0)
+async def test_a_plain_transient_failure_is_retried() -> None:
+    """A 503 or a 429 was not applied: the retry goes out."""
+    post = Post(graph_failure(503, write=True), graph_failure(429, write=True, retry_after=0))
+    result = await call_with_retries(post, policy=NO_WAIT, budget=WriteBudget(100), what="x", retry_if=not_ambiguous)
+    assert (result, post.sent) == ("sent", 3)
 
 
 async def test_a_permanent_failure_is_never_retried() -> None:
-    """A refusal goes straight to the caller: one attempt, no read-back."""
-    post, check = Post(graph_failure(400, write=True, message="bad")), ReadBack("x")
+    """A refusal goes straight to the caller: one attempt."""
+    post = Post(graph_failure(400, write=True, message="bad"))
     with pytest.raises(GraphRequestError):
-        await call_with_retries(post, policy=NO_WAIT, budget=WriteBudget(100), what="x", before_retry=check)
-    assert (post.sent, check.asked) == (1, 0)
-
-
-async def test_an_ambiguous_write_still_unresolved_at_the_last_attempt_is_raised_as_ambiguous() -> None:
-    """Out of attempts with no evidence: the error keeps saying the outcome is unknown, for a person to check."""
-    post = Post(*(graph_failure(504, write=True, retry_after=0) for _ in range(4)))
-    with pytest.raises(AmbiguousOutcomeError, match="after 4 attempt") as raised:
-        await call_with_retries(post, policy=NO_WAIT, budget=WriteBudget(100), what="x", before_retry=ReadBack(None))
-    assert post.sent == 4 and raised.value.code == "GraphUnavailable"
+        await call_with_retries(post, policy=NO_WAIT, budget=WriteBudget(100), what="x", retry_if=not_ambiguous)
+    assert post.sent == 1
 
 
 async def test_throttling_pauses_every_call_of_the_worker() -> None:
@@ -230,9 +215,9 @@ async def test_throttling_pauses_every_call_of_the_worker() -> None:
     assert now[0] == pytest.approx(0.01)
 
 
-async def test_a_wait_longer_than_an_invocation_should_sleep_hands_the_message_back() -> None:
-    """Past MAX_IN_PROCESS_WAIT the error is raised at once for the host to redeliver later."""
+async def test_a_wait_longer_than_an_invocation_should_sleep_holds_the_request() -> None:
+    """Past MAX_IN_PROCESS_WAIT the request is held (HoldError with Graph's wait), nothing slept."""
     post = Post(graph_failure(429, write=True, retry_after=MAX_IN_PROCESS_WAIT + 1))
-    with pytest.raises(TransientError, match="after 1 attempt"):
+    with pytest.raises(HoldError) as held:
         await call_with_retries(post, policy=NO_WAIT, budget=WriteBudget(100), what="x")
-    assert post.sent == 1
+    assert post.sent == 1 and held.value.delay == MAX_IN_PROCESS_WAIT + 1

@@ -121,15 +121,14 @@ async def test_graph_refuses_an_invitation_it_cannot_send(
     assert getattr(raised.value, "code", None) == code and graph.invitations == []
 
 
-async def test_an_earlier_attempt_confirmed_by_read_back_is_not_sent_again(graph: StubGraphGateway) -> None:
-    """With sent_after, a user already pending since then is taken as sent; one before that is not."""
-    started = datetime.now(UTC)
+async def test_each_call_sends_an_invitation_the_read_back_shows(graph: StubGraphGateway) -> None:
+    """The gateway itself never second-guesses a send: two calls are two invitations, each moving the state."""
+    started = datetime.now(UTC) - timedelta(seconds=1)
     await graph.reset_redemption(invite())
-    confirmed = await graph.reset_redemption(invite(), sent_after=started)
-    assert confirmed.confirmed_by_read_back and len(graph.invitations) == 1
-    later = datetime.now(UTC) + timedelta(minutes=5)
-    assert not (await graph.reset_redemption(invite(), sent_after=later)).confirmed_by_read_back
-    assert len(graph.invitations) == 2
+    await graph.reset_redemption(invite())
+    after = await graph.read_user(GUEST_ID)
+    assert len(graph.invitations) == 2 and after.external_user_state == "PendingAcceptance"
+    assert after.external_user_state_changed_at is not None and after.external_user_state_changed_at >= started
 
 
 async def test_scripted_failures_hit_the_next_calls_in_order(graph: StubGraphGateway) -> None:

@@ -135,7 +135,7 @@ async def test_a_dry_run_checks_everything_and_sends_nothing() -> None:
     assert {c.method for c in graph.calls} == {"find_user", "users_owning_email", "role_assignments"}
     stored = await store.get("req-1")
     assert stored is not None and stored.status is Status.DRY_RUN_PASSED == record.status
-    assert stored.lease_owner is None and stored.history[-1]["event"] == "dryRunPassed"
+    assert stored.history[-1]["event"] == "dryRunPassed"
     assert graph.user(GUEST_ID).mail == "adele.vance@contoso.com"
 
 

@@ -171,6 +171,21 @@ async def test_concurrent_first_calls_share_one_runtime(monkeypatch: pytest.Monk
     assert all(r is results[0] for r in results)
 
 
+def test_the_delivery_deadline_stays_below_function_timeout() -> None:
+    """A deadline the host would cut short (functionTimeout, host.json or its override) is refused."""
+    assert parse_settings(env()).delivery_deadline_seconds < 600 - 59  # host.json: 00:10:00
+    with pytest.raises(SettingsError, match="functionTimeout"):
+        parse_settings(env(DELIVERY_DEADLINE_SECONDS="590"))
+    with pytest.raises(SettingsError, match="functionTimeout"):
+        parse_settings(env(AzureFunctionsJobHost__functionTimeout="00:03:00"))
+
+
+def test_the_delivery_deadline_holds_a_graph_call_and_the_read_back_window() -> None:
+    """An invitation could never be sent safely if the deadline had no room for a call plus the evidence window."""
+    with pytest.raises(SettingsError, match="READBACK_WINDOW_SECONDS"):
+        parse_settings(env(DELIVERY_DEADLINE_SECONDS="100", GRAPH_TIMEOUT_SECONDS="30", READBACK_WINDOW_SECONDS="60"))
+
+
 @pytest.mark.parametrize(
     ("url", "tenant", "expected"),
     [

@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from importlib.metadata import version
 from typing import Any
 from urllib.parse import quote
@@ -259,7 +258,7 @@ class PlainGraphGateway:
     async def set_sign_in_email(self, user: GuestUser, email: str) -> None:
         raise NotImplementedError("the benchmarks reset without newEmail")
 
-    async def reset_redemption(self, body: InvitationBody, *, sent_after: datetime | None = None) -> SentInvitation:
+    async def reset_redemption(self, body: InvitationBody) -> SentInvitation:
         if self._budget is not None:
             await self._budget.acquire_write()
         response = await self._client.post(

@@ -1,4 +1,5 @@
-"""CLI: `python -m tools.devhost [--app-dir DIR] [--port P] [--ready-file F] [--metrics-file F]` (more: --help)."""
+"""CLI: `python -m tools.devhost [--app-dir DIR] [--port P] [--ready-file F] [--metrics-file F]
+[--message-lease S]` (more: --help)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tools.devhost.host import serve
+from tools.devhost.queues import LEASE_SECONDS
 from tools.devhost.settings import StartupError
 
 log = logging.getLogger("devhost")
@@ -36,6 +38,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="record the app's OpenTelemetry metrics in memory and write them here as JSON on exit",
     )
+    parser.add_argument(
+        "--message-lease",
+        type=int,
+        default=LEASE_SECONDS,
+        metavar="SECONDS",
+        help=(
+            "development only: how long a received message stays invisible while it runs "
+            f"(the Functions host: {LEASE_SECONDS} s); shorter brings a killed runner's messages back sooner"
+        ),
+    )
     return parser.parse_args(argv)
 
 
@@ -49,6 +61,7 @@ async def _run(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         max_polling_interval=args.max_polling_interval,
+        message_lease=args.message_lease,
         stop_event=stop,
         ready_file=args.ready_file,
     )

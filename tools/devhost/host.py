@@ -21,7 +21,7 @@ from tools.devhost.functions import (
 )
 from tools.devhost.hostconfig import HostConfig, load_host_config
 from tools.devhost.http import build_app
-from tools.devhost.queues import QueueListener, poison_queue_name, worker_message
+from tools.devhost.queues import LEASE_SECONDS, QueueListener, poison_queue_name, worker_message
 from tools.devhost.settings import load_settings
 from tools.devhost.storage import QueueClients, ensure_queue
 
@@ -42,11 +42,13 @@ class DevHost:
         max_polling_interval: float = 1.0,
         ready_file: Path | None = None,
         grace_seconds: float = 30.0,
+        message_lease: int = LEASE_SECONDS,
     ) -> None:
         self.app_dir = app_dir.resolve()
         self.host = host
         self.port = port
         self.max_polling_interval = max_polling_interval
+        self.message_lease = message_lease
         self.ready_file = ready_file
         self.grace_seconds = grace_seconds
         self.base_url = ""
@@ -118,6 +120,7 @@ class DevHost:
             max_polling_interval=self.max_polling_interval,
             invoke=self.invoke,
             notify=self._notify,
+            message_lease=self.message_lease,
         )
 
     async def stop(self) -> None:
@@ -191,9 +194,17 @@ async def serve(
     max_polling_interval: float = 1.0,
     stop_event: asyncio.Event,
     ready_file: Path | None = None,
+    message_lease: int = LEASE_SECONDS,
 ) -> None:
     """Run the devhost until stop_event is set, then shut down gracefully."""
-    devhost = DevHost(app_dir, host=host, port=port, max_polling_interval=max_polling_interval, ready_file=ready_file)
+    devhost = DevHost(
+        app_dir,
+        host=host,
+        port=port,
+        max_polling_interval=max_polling_interval,
+        ready_file=ready_file,
+        message_lease=message_lease,
+    )
     await devhost.start()
     try:
         await stop_event.wait()

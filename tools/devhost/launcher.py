@@ -48,6 +48,7 @@ def running_devhost(
     *,
     max_polling_interval: float = 1.0,
     timeout: float = 30.0,
+    message_lease: int | None = None,
     metrics: bool = False,
 ) -> Iterator[DevHostProcess]:
     """Start the devhost for app_dir with `env` layered over this process's environment."""
@@ -65,6 +66,7 @@ def running_devhost(
         str(max_polling_interval),
         "--ready-file",
         str(ready),
+        *(["--message-lease", str(message_lease)] if message_lease is not None else []),
     ]
     metrics_path = workdir / "metrics.json" if metrics else None
     if metrics_path is not None:

@@ -23,7 +23,9 @@ from tools.devhost.storage import ensure_queue
 
 log = logging.getLogger("devhost")
 
-# The listener's invisibility while a message is being processed; renewed at half-life.
+# The listener's invisibility while a message is being processed; renewed at half-life. This is
+# the real host's value; `--message-lease` shortens it for development only (a killed runner's
+# messages then come back in seconds instead of ten minutes).
 LEASE_SECONDS = 600
 POISON_SUFFIX = "-poison"
 MAX_QUEUE_NAME = 63
@@ -93,6 +95,7 @@ class QueueListener:
         max_polling_interval: float,
         invoke: Invoker,
         notify: Callable[[str], None],
+        message_lease: int = LEASE_SECONDS,
     ) -> None:
         self.spec = spec
         self.queue = queue
@@ -101,6 +104,7 @@ class QueueListener:
         self.max_interval = max(MIN_POLLING_INTERVAL, min(options.max_polling_interval, max_polling_interval))
         self._invoke = invoke
         self._notify = notify
+        self.message_lease = message_lease
         self.wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
@@ -127,7 +131,7 @@ class QueueListener:
     async def _receive(self) -> list[StorageMessage]:
         count = self.options.batch_size
         pages = self.queue.receive_messages(
-            messages_per_page=count, max_messages=count, visibility_timeout=LEASE_SECONDS
+            messages_per_page=count, max_messages=count, visibility_timeout=self.message_lease
         )
         return [message async for message in pages]
 
@@ -206,12 +210,14 @@ class QueueListener:
     async def _renew(self, lease: _Lease) -> None:
         while True:
             try:
-                await asyncio.wait_for(lease.done.wait(), LEASE_SECONDS / 2)
+                await asyncio.wait_for(lease.done.wait(), self.message_lease / 2)
                 return
             except TimeoutError:
                 pass
             try:
-                updated = await self.queue.update_message(lease.id, lease.pop_receipt, visibility_timeout=LEASE_SECONDS)
+                updated = await self.queue.update_message(
+                    lease.id, lease.pop_receipt, visibility_timeout=self.message_lease
+                )
                 lease.pop_receipt = updated.pop_receipt or lease.pop_receipt
             except Exception as exc:  # a missed renewal only risks a duplicate delivery
                 log.warning("message id=%s: visibility renewal failed (%s)", lease.id, exc)

@@ -273,6 +273,8 @@ async def _guarded(state: EmulatorState, call: _Call) -> web.Response | None:
     call.entry["processed"] = response.status < 400
     if fault is not None:
         # afterProcessing: the directory changed, but the caller only sees the fault.
+        if fault.hold_ms:
+            await asyncio.sleep(fault.hold_ms / 1000)
         return None if fault.drop else _fault_response(call.reply, fault)
     return response
 

@@ -119,10 +119,15 @@ class EmulatorControl:
         p503: float = 0.0,
         p504: float = 0.0,
         p_drop: float = 0.0,
+        p_timeout: float = 0.0,
+        timeout_ms: float = 5000,
         retry_after: str | float | None = None,
         seed: int | None = None,
     ) -> JsonDict:
-        """Random faults on Graph routes; all probabilities zero switches chaos off."""
+        """Random faults on Graph routes; all probabilities zero switches chaos off.
+
+        ``p_timeout``: processed, then answered 504 only after ``timeout_ms`` (a client timeout).
+        """
         return cast(
             JsonDict,
             self._call(
@@ -133,6 +138,8 @@ class EmulatorControl:
                     "p503": p503,
                     "p504": p504,
                     "pDrop": p_drop,
+                    "pTimeout": p_timeout,
+                    "timeoutMs": timeout_ms,
                     "retryAfter": None if retry_after is None else str(retry_after),
                     "seed": seed,
                 },

@@ -60,6 +60,9 @@ class Fault:
     drop: bool = False
     after_processing: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    # Held this long before the fault is answered: longer than the client's timeout, it is a
+    # timeout as the caller sees it (with after_processing: the write happened all the same).
+    hold_ms: float = 0.0
 
     def describe(self) -> JsonDict:
         """A JSON-friendly summary for the journal."""
@@ -70,6 +73,7 @@ class Fault:
             "retryAfter": self.retry_after,
             "drop": self.drop,
             "afterProcessing": self.after_processing,
+            "holdMs": self.hold_ms,
         }
 
 
@@ -195,17 +199,22 @@ class FaultRules:
 
 
 class Chaos:
-    """Random 429/503/504/dropped connections with a seeded RNG so runs are repeatable."""
+    """Random 429/503/504/dropped connections/timeouts with a seeded RNG so runs are repeatable.
+
+    ``pTimeout``: the request is processed (a write lands), then the answer is held ``timeoutMs``
+    and is a 504: with ``timeoutMs`` above the client's timeout, the caller sees a timeout after
+    Graph did the work, the case that tempts a second invitation.
+    """
 
     def __init__(self) -> None:
         self.configure({})
 
     def configure(self, data: Any) -> None:
-        """Apply ``{"p429", "p503", "p504", "pDrop", "retryAfter", "seed"}``; ``{}`` = off."""
+        """Apply ``{"p429", "p503", "p504", "pDrop", "pTimeout", "timeoutMs", "retryAfter", "seed"}``; ``{}`` = off."""
         data = data or {}
         if not isinstance(data, dict):
             raise ValueError("chaos settings must be a JSON object")
-        probs = {k: data.get(k) or 0.0 for k in ("pDrop", "p429", "p503", "p504")}
+        probs = {k: data.get(k) or 0.0 for k in ("pDrop", "p429", "p503", "p504", "pTimeout")}
         for key, value in probs.items():
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{key} must be a probability between 0 and 1")
@@ -218,8 +227,17 @@ class Chaos:
                 total += float(value)
                 self._thresholds.append((total, key))
         self._retry_after = _opt_str(data.get("retryAfter"), "retryAfter")
+        timeout_ms = data.get("timeoutMs", 5000)
+        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) or timeout_ms < 0:
+            raise ValueError("timeoutMs must be a non-negative number")
+        self._timeout_ms = float(timeout_ms)
         self._rng = random.Random(data.get("seed"))
-        self.settings: JsonDict = {**probs, "retryAfter": self._retry_after, "seed": data.get("seed")}
+        self.settings: JsonDict = {
+            **probs,
+            "timeoutMs": self._timeout_ms,
+            "retryAfter": self._retry_after,
+            "seed": data.get("seed"),
+        }
 
     def draw(self) -> Fault | None:
         """Roll once for a Graph request."""
@@ -230,6 +248,9 @@ class Chaos:
             if roll < threshold:
                 if key == "pDrop":
                     return Fault("chaos", None, drop=True)
+                if key == "pTimeout":
+                    code, message = default_error(504)
+                    return Fault("chaos", 504, code, message, after_processing=True, hold_ms=self._timeout_ms)
                 status = int(key[1:])
                 code, message = default_error(status)
                 headers = throttle_headers("ResourceUnitLimitExceeded") if status == 429 else {}

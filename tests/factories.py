@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from shared.platform.settings import Settings, parse_settings
+from shared.platform.settings import KEY_GRANTABLE, QUEUE_GRANTABLE, Settings, parse_settings
 from shared.reset.graph import GuestUser
 
 GUEST_ID = "6a1b3c4d-0000-4000-8000-00000000a001"
@@ -62,6 +62,10 @@ def isolated_env(connection_string: str, graph_base_url: str, **overrides: str) 
         "GRAPH_RETRY_DELAYS": "0.05,0.1",
         "GRAPH_MAX_ATTEMPTS": "4",
         "GRAPH_WRITES_PER_SECOND": "50",
+        # Most tests exercise what a fully trusted caller may do; the least-power tests
+        # (tests/integration/test_security.py) set these back to the safe defaults themselves.
+        "KEY_CAPABILITIES": ",".join(c.value for c in KEY_GRANTABLE),
+        "QUEUE_CAPABILITIES": ",".join(c.value for c in QUEUE_GRANTABLE),
     }
     values.update(overrides)
     return values

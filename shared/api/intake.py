@@ -2,6 +2,7 @@
 
 All or nothing: one invalid item refuses the whole submission and nothing is enqueued.
 A requestId (or the Idempotency-Key header) makes a resubmission return the existing record.
+Each record belongs to its submitter and carries the grant the worker will honour for it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.api.principal import Caller
+from shared.api.principal import Access
 from shared.platform.errors import IntakeError, InvalidRequestError, ResetError
 from shared.platform.logs import app_logger
+from shared.reset import capabilities
 from shared.reset.callbacks import callback_allowed
 from shared.reset.contract import (
     MAX_MESSAGE_BYTES,
@@ -28,6 +30,7 @@ from shared.reset.contract import (
     repeat_key,
     user_column,
 )
+from shared.reset.policy import request_refusals
 from shared.reset.runtime import Runtime
 from shared.reset.status import Status, StatusRecord, utcnow
 
@@ -71,11 +74,16 @@ def _items(body: bytes) -> tuple[list[Any], bool]:
 
 
 def validate_submission(
-    body: bytes, *, runtime: Runtime, idempotency_key: str | None, caller: Caller | None
+    body: bytes, *, runtime: Runtime, idempotency_key: str | None, access: Access
 ) -> list[tuple[ResetRequest, str]]:
-    """Every item validated (all problems listed by index and field), with its requestId."""
+    """Every item validated (all problems listed by index and field), with its requestId.
+
+    A capability the caller lacks refuses the submission with 403 naming it; other problems 400.
+    """
     items, batch = _items(body)
     problems: list[dict[str, Any]] = []
+    lacking: list[dict[str, Any]] = []
+    needed: set[str] = set()
     accepted: list[tuple[ResetRequest, str]] = []
     seen: set[str] = set()
     users: dict[str, int] = {}
@@ -102,6 +110,12 @@ def validate_submission(
                     "message": "host is not on the callback allowlist (CALLBACK_ALLOWED_HOSTS)",
                 }
             )
+        for refusal in request_refusals(request, runtime.settings):
+            problems.append({**where, "field": prefix + refusal.field, "message": refusal.message})
+        for need in capabilities.missing(request, access.capabilities, runtime.settings):
+            field = prefix + need.field if need.field != "(request)" else prefix.rstrip(".") or "(body)"
+            lacking.append({**where, "field": field, "message": capabilities.describe(need, "this caller")})
+            needed.add(need.capability.value)
         request_id = request.request_id or (
             (f"{idempotency_key}.{index}" if batch else idempotency_key) if idempotency_key else str(uuid.uuid4())
         )
@@ -113,9 +127,19 @@ def validate_submission(
         if first != index:
             message = f"the same user as requests[{first}]: a batch may reset each guest once"
             problems.append({**where, "field": prefix + user_column(request)[0], "message": message})
-        if caller is not None and not request.requested_by:
-            request = request.model_copy(update={"requested_by": caller.label[:256]})
+        if access.caller is not None:
+            # The audit trail names who really asked; what the caller wrote is kept beside it.
+            request = request.model_copy(
+                update={
+                    "requested_by": access.caller.audit_id,
+                    "on_behalf_of": request.on_behalf_of or request.requested_by,
+                }
+            )
         accepted.append((request, request_id))
+    if lacking:
+        raise IntakeError(
+            403, "Capability missing", f"this caller lacks {', '.join(sorted(needed))}; nothing was enqueued", lacking
+        )
     if problems:
         count = len({p.get("index", 0) for p in problems})
         raise IntakeError(
@@ -124,14 +148,25 @@ def validate_submission(
     return accepted
 
 
-async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str) -> Receipt:
+async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str, access: Access) -> Receipt:
     text = canonical_json(request, requestId=request_id)
-    record = StatusRecord.for_request(request, request_id, Status.ACCEPTED, message=text)
+    record = StatusRecord.for_request(
+        request,
+        request_id,
+        Status.ACCEPTED,
+        message=text,
+        submitted_by=access.owner,
+        granted=capabilities.encode(access.capabilities),
+        message_hash=capabilities.message_hash(text.encode()),
+    )
     created = await runtime.status.create(replace(record, history=record.with_event("accepted")))
     if created is None:
         existing = await runtime.status.get(request_id)
         if existing is None:  # deleted in between: treat as new next time
             raise InvalidRequestError(f"request {request_id} is being replaced; submit it again")
+        if existing.submitted_by != access.owner:
+            # Someone else's request: say nothing about it beyond "taken".
+            raise IntakeError(409, "Conflict", f"requestId {request_id!r} is already taken; choose another requestId")
         stale = existing.created_at is None or existing.created_at < utcnow() - STALE_ACCEPTED
         if existing.status is Status.ACCEPTED and stale:
             await runtime.publisher.send_request(text)
@@ -147,13 +182,13 @@ async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str) 
     return Receipt(request_id, str(Status.ACCEPTED), duplicate=False)
 
 
-async def accept(runtime: Runtime, requests: list[tuple[ResetRequest, str]]) -> list[Receipt]:
+async def accept(runtime: Runtime, requests: list[tuple[ResetRequest, str]], access: Access) -> list[Receipt]:
     """Record and enqueue validated requests concurrently; order of the receipts follows the input."""
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(request: ResetRequest, request_id: str) -> Receipt:
         async with gate:
-            return await _accept_one(runtime, request, request_id)
+            return await _accept_one(runtime, request, request_id, access)
 
     receipts = await asyncio.gather(*(one(r, rid) for r, rid in requests))
     log.info("accepted %d request(s), the first %s", len(receipts), receipts[0].request_id)

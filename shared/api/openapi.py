@@ -73,8 +73,23 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/definitions/{name}"}
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "schema": _ref("Problem")}
+def _problem(description: str, **headers: dict[str, str]) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description, "schema": _ref("Problem")}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+_SECONDS = {"type": "integer", "description": "Seconds to wait before trying again."}
+# Answers every operation may give: no Entra ID principal (when required), a caller outside
+# ALLOWED_CALLERS or without the capability, settings or storage not usable.
+_COMMON = {
+    "401": _problem("No Microsoft Entra ID caller (only when App Service authentication is required)"),
+    "403": _problem("Caller not allowed, or lacking the capability the problem names"),
+    "503": _problem(
+        "Settings or storage not usable; the problem names settings, never their values", **{"Retry-After": _SECONDS}
+    ),
+}
 
 
 def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
@@ -91,7 +106,8 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
         "basePath": "/api",
         "schemes": [scheme],
         "consumes": ["application/json"],
-        "produces": ["application/json"],
+        # Refusals are RFC 9457 problem documents.
+        "produces": ["application/json", "application/problem+json"],
         "securityDefinitions": {"functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"}},
         "security": [{"functionKey": []}],
         "paths": {
@@ -119,9 +135,18 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                             "description": "Accepted",
                             "schema": _ref("SubmissionAccepted"),
                             "headers": {**retry_after, "Location": {"type": "string"}},
+                            # Stateful testing (schemathesis) follows it: submit, then poll.
+                            "x-links": {
+                                "GetResetStatus": {
+                                    "operationId": "GetResetStatus",
+                                    "parameters": {"requestId": "$response.body#/accepted/0/requestId"},
+                                }
+                            },
                         },
                         "400": _problem("Invalid request: every bad item and field is listed"),
-                        "403": _problem("Caller not allowed"),
+                        **_COMMON,
+                        "403": _problem("Caller not allowed, or lacking a capability the request needs (each listed)"),
+                        "409": _problem("The requestId is already taken by another caller"),
                         "413": _problem("Body over 1 MB or batch over 1,000"),
                         "415": _problem("Body is not JSON"),
                     },
@@ -147,7 +172,8 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                             "schema": _ref("ResetStatus"),
                             "headers": {**retry_after, "Location": {"type": "string"}},
                         },
-                        "404": _problem("Unknown requestId"),
+                        **_COMMON,
+                        "404": _problem("Unknown requestId, or a request this caller may not read"),
                     },
                 }
             },
@@ -158,7 +184,12 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "x-ms-visibility": "internal",
                     "responses": {
                         "200": {"description": "Healthy", "schema": _ref("Health")},
-                        "503": {"description": "Unhealthy", "schema": _ref("Health")},
+                        "401": _COMMON["401"],
+                        "403": _COMMON["403"],
+                        "503": {
+                            "description": "Unhealthy (setting names only, never values)",
+                            "schema": _ref("Health"),
+                        },
                     },
                 }
             },
@@ -182,6 +213,7 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "Failed requests", "schema": _ref("PoisonList")},
                         "400": _problem("Bad query"),
+                        **_COMMON,
                     },
                 }
             },
@@ -194,6 +226,7 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "What moved", "schema": _ref("ReplayResult")},
                         "400": _problem("Bad replay order"),
+                        **_COMMON,
                     },
                 }
             },

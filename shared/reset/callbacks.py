@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import fnmatch
+import ipaddress
+import re
+import socket
 import ssl
+import unicodedata
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,13 +23,72 @@ DELAYS = (1.0, 2.0, 4.0)
 TLS_VERIFY: ssl.SSLContext | bool = True
 
 
+# Tests run their receiver on 127.0.0.1; in the app a callback never goes to a private address.
+PRIVATE_ADDRESSES_ALLOWED = False
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def normalise_host(host: str) -> str | None:
+    """A host name as DNS compares it: IDNA A-labels, lower case, no trailing dot; None if it is not one.
+
+    A host that NFKC normalisation would change (full-width letters, a full-width dot or
+    solidus, ligatures) is refused outright rather than mapped: no real callback host is
+    written that way, and a URL parser elsewhere may map it differently from us.
+    """
+    if not host or unicodedata.normalize("NFKC", host) != host:
+        return None
+    host = host[:-1] if host.endswith(".") else host
+    try:
+        ascii_host = host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+    labels = ascii_host.split(".")
+    return ascii_host if len(ascii_host) <= 253 and all(_LABEL.match(label) for label in labels) else None
+
+
+def host_matches(host: str, pattern: str) -> bool:
+    """``pattern`` is an exact host, or ``*.domain`` for any host below ``domain`` (dot-bounded)."""
+    if pattern.startswith("*."):
+        base = normalise_host(pattern[2:])
+        return base is not None and host.endswith("." + base)
+    return host == normalise_host(pattern)
+
+
 def callback_allowed(url: str, settings: Settings) -> bool:
-    """Safety rule 5: https hosts matching CALLBACK_ALLOWED_HOSTS, nothing else."""
+    """Safety rule 5: https, no userinfo, a normalised host on CALLBACK_ALLOWED_HOSTS, nothing else."""
+    if "\\" in url or any(unicodedata.category(c).startswith("C") for c in url):
+        return False  # parsers disagree on backslashes and control characters
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    return parts.scheme == "https" and any(
-        fnmatch.fnmatchcase(host, pattern) for pattern in settings.callback_allowed_hosts
-    )
+    if parts.scheme != "https" or "@" in parts.netloc:
+        return False
+    try:
+        parts.port  # noqa: B018 (a port that is not a number raises)
+    except ValueError:
+        return False
+    host = normalise_host(parts.hostname or "")
+    return host is not None and any(host_matches(host, pattern) for pattern in settings.callback_allowed_hosts)
+
+
+def _public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+async def resolves_to_public_addresses(url: str) -> bool:
+    """Every address the callback host resolves to is a public one (no private, loopback or
+    link-local target such as the instance metadata endpoint), checked just before the call."""
+    parts = urlsplit(url)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            parts.hostname or "", parts.port or 443, type=socket.SOCK_STREAM
+        )
+    except (OSError, UnicodeError):
+        return False
+    addresses = {str(info[4][0]) for info in infos}
+    return bool(addresses) and (PRIVATE_ADDRESSES_ALLOWED or all(_public(a) for a in addresses))
 
 
 async def notify(record: StatusRecord, settings: Settings, *, delays: tuple[float, ...] = DELAYS) -> bool:
@@ -36,6 +98,9 @@ async def notify(record: StatusRecord, settings: Settings, *, delays: tuple[floa
         return False
     if not callback_allowed(url, settings):
         log.warning("callback host is not on CALLBACK_ALLOWED_HOSTS; not called")
+        return False
+    if not await resolves_to_public_addresses(url):
+        log.warning("callback host does not resolve to public addresses only; not called")
         return False
     import httpx
 

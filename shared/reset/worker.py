@@ -8,13 +8,13 @@ with its history; anything unexpected is re-raised for the host to retry and fin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from typing import Any
 
 from shared.platform.errors import InvalidRequestError, ResetError
-from shared.platform.logs import app_logger, bind, bind_request, mask_email, redact, redacted
+from shared.platform.logs import app_logger, bind, bind_request, mask_email, mask_url_secrets, redact, redacted
+from shared.reset import capabilities, policy
 from shared.reset.callbacks import callback_allowed, notify
 from shared.reset.contract import (
     load_json_object,
@@ -24,27 +24,31 @@ from shared.reset.contract import (
 )
 from shared.reset.runtime import Runtime, get_runtime
 from shared.reset.service import ResetService
-from shared.reset.status import Status, StatusRecord, utcnow
+from shared.reset.status import Status, StatusRecord, stored_form, utcnow
 
 log = app_logger()
 
 
-def message_hash(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
+message_hash = capabilities.message_hash
 
 
 def _envelope(
     body: bytes, request_id: str, error: ResetError, attempts: int, history: tuple[dict[str, Any], ...]
 ) -> dict[str, Any]:
-    """A poison message: the original request plus why it failed, for operators and replay."""
+    """A poison message: the original request plus why it failed, for operators and replay.
+
+    What it carries rests in storage: the callback's secrets are masked, Graph's message redacted.
+    """
     try:
         original: Any = load_json_object(body)
+        if isinstance(original.get("callbackUrl"), str):
+            original["callbackUrl"] = mask_url_secrets(original["callbackUrl"])
     except InvalidRequestError:
-        original = body.decode("utf-8", errors="replace")
+        original = redact(body.decode("utf-8", errors="replace"))
     return {
         "requestId": request_id,
         "request": original,
-        "error": {**error.to_dict(), "attempts": attempts},
+        "error": {**error.to_dict(), "message": redact(error.message), "attempts": attempts},
         "history": list(history),
         "poisonedAt": utcnow().isoformat(),
     }
@@ -85,7 +89,9 @@ async def _deliver(body: bytes, *, message_id: str, dequeue_count: int) -> None:
 
     request_id = request.request_id or message_id
     bind(requestId=request_id, ticketId=request.ticket_id)
-    template = StatusRecord.for_request(request, request_id, Status.PROCESSING, message_hash=body_hash)
+    template = StatusRecord.for_request(
+        request, request_id, Status.PROCESSING, message_hash=body_hash, submitted_by=capabilities.QUEUE_PRODUCER
+    )
     claim = await runtime.status.claim(template, owner=str(uuid.uuid4()))
     bind(attempt=claim.record.attempts)
     if claim.kind == "finished":
@@ -100,6 +106,10 @@ async def _deliver(body: bytes, *, message_id: str, dequeue_count: int) -> None:
 
     record = claim.record
     try:
+        # Least power on the queue too: the grant intake recorded for this very message, or the queue's.
+        granted, channel = capabilities.grant_for(record, body, runtime.settings)
+        capabilities.require(request, granted, runtime.settings, channel=channel)
+        policy.check_request(request, runtime.settings)
         final = await ResetService(runtime.settings, runtime.graph, runtime.status).run(request, record)
     except ResetError as error:
         await _fail(runtime, body, record, error, dequeue_count)
@@ -195,10 +205,12 @@ async def _record_poisoned(body: bytes, message_id: str) -> None:
             created_at=utcnow(),
             ticket_id=_text(request.get("ticketId")),
             requested_by=_text(request.get("requestedBy")),
+            on_behalf_of=_text(request.get("onBehalfOf")),
             source=_text(request.get("source")),
+            submitted_by=capabilities.QUEUE_PRODUCER,
             user_id=_text(request.get("userId")),
             masked_email=mask_email(_text(request.get("newEmail")) or _text(request.get("email"))),
-            request_json=stored_request(json.dumps({**request, "requestId": request_id})),
+            request_json=stored_request(stored_form(json.dumps({**request, "requestId": request_id}))),
         )
     final = await runtime.status.put(
         StatusRecord(

@@ -237,6 +237,7 @@ async def receiver(
 ) -> AsyncIterator[tuple[str, list[dict[str, Any]], list[int]]]:
     """A local https callback receiver that fails its first call with 503."""
     monkeypatch.setattr("shared.reset.callbacks.TLS_VERIFY", tls[1])
+    monkeypatch.setattr("shared.reset.callbacks.PRIVATE_ADDRESSES_ALLOWED", True)  # the receiver is on loopback
     received: list[dict[str, Any]] = []
     answers = [503]
 
@@ -278,25 +279,33 @@ async def test_callback_failure_never_changes_the_outcome(app: App, monkeypatch:
     assert body_of(await status("cb-down"))["status"] == "Succeeded"
 
 
-def principal(**claims: str) -> str:
-    data = {"auth_typ": "aad", "claims": [{"typ": k, "val": v} for k, v in claims.items()]}
+def principal(*roles: str, **claims: str) -> str:
+    data = {
+        "auth_typ": "aad",
+        "claims": [{"typ": k, "val": v} for k, v in claims.items()] + [{"typ": "roles", "val": r} for r in roles],
+    }
     return base64.b64encode(json.dumps(data).encode()).decode()
 
 
+FLOW_OID = "0f0f0f0f-1111-4222-8333-444444444444"
+
+
 async def test_allowed_callers_gate_and_requested_by(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ALLOWED_CALLERS set, outsiders get 403 and insiders become requestedBy."""
-    monkeypatch.setenv("ALLOWED_CALLERS", "helpdesk-flow@fabrikam.com")
+    """With ALLOWED_CALLERS set, outsiders get 403 and an insider's object id becomes requestedBy."""
+    monkeypatch.setenv("ALLOWED_CALLERS", FLOW_OID)
     reset_settings()
     outsider = await submit(
-        {"userId": ADELE}, headers={"X-MS-CLIENT-PRINCIPAL": principal(preferred_username="mallory@fabrikam.com")}
+        {"userId": ADELE},
+        headers={"X-MS-CLIENT-PRINCIPAL": principal("Reset.Submit", oid="9e9e9e9e-0000-4000-8000-000000000009")},
     )
     assert outsider.status_code == 403
     insider = await submit(
-        {"userId": ADELE, "requestId": "by-flow"},
-        headers={"X-MS-CLIENT-PRINCIPAL": principal(preferred_username="helpdesk-flow@fabrikam.com")},
+        {"userId": ADELE, "requestId": "by-flow", "requestedBy": "ticket requester"},
+        headers={"X-MS-CLIENT-PRINCIPAL": principal("Reset.Submit", oid=FLOW_OID)},
     )
     assert insider.status_code == 202
-    assert queued(app)[0]["requestedBy"] == "helpdesk-flow@fabrikam.com"
+    assert queued(app)[0]["requestedBy"] == FLOW_OID
+    assert queued(app)[0]["onBehalfOf"] == "ticket requester"
 
 
 async def test_health_reports_storage(app: App, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ import azure.functions as func
 
 from shared.api import handlers as api
 from shared.bulk.job import run_bulk_job
+from shared.reset.retention import run_retention
 from shared.reset.worker import handle_poison_message, handle_request_message
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -44,6 +45,13 @@ async def record_poisoned_reset(msg: func.QueueMessage) -> None:
 async def bulk_reset_job(timer: func.TimerRequest) -> None:
     """CSV files in <BULK_CONTAINER>/incoming/: validate, enqueue, report, move (schedule in UTC)."""
     await run_bulk_job()
+
+
+@app.function_name("purge_finished_resets")
+@app.timer_trigger(arg_name="timer", schedule="0 17 * * * *", run_on_startup=False, use_monitor=True)
+async def purge_finished_resets(timer: func.TimerRequest) -> None:
+    """Hourly: delete records finished RETENTION_DAYS ago, erase redeem URLs nobody fetched in REDEEM_URL_HOURS."""
+    await run_retention()
 
 
 @app.route(route="resets", methods=ALL_METHODS)

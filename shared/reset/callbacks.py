@@ -59,12 +59,12 @@ def callback_allowed(url: str, settings: Settings) -> bool:
     """Safety rule 5: https, no userinfo, a normalised host on CALLBACK_ALLOWED_HOSTS, nothing else."""
     if "\\" in url or any(unicodedata.category(c).startswith("C") for c in url):
         return False  # parsers disagree on backslashes and control characters
-    parts = urlsplit(url)
-    if parts.scheme != "https" or "@" in parts.netloc:
-        return False
     try:
+        parts = urlsplit(url)  # raises on a netloc that NFKC would turn into / ? # @ :
         parts.port  # noqa: B018 (a port that is not a number raises)
     except ValueError:
+        return False
+    if parts.scheme != "https" or "@" in parts.netloc:
         return False
     host = normalise_host(parts.hostname or "")
     return host is not None and any(host_matches(host, pattern) for pattern in settings.callback_allowed_hosts)

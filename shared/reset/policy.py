@@ -33,12 +33,12 @@ class Refusal:
 
 
 def _url_key(url: str) -> tuple[str, str, int | None, str, str] | None:
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "https" or not parts.hostname or parts.username or parts.password:
-        return None
     try:
+        parts = urlsplit(url)
         port = parts.port
-    except ValueError:
+    except ValueError:  # a port that is not a number, a netloc NFKC would change
+        return None
+    if parts.scheme.lower() != "https" or not parts.hostname or "@" in parts.netloc:
         return None
     return (parts.scheme.lower(), parts.hostname.lower(), port, parts.path.rstrip("/"), parts.query)
 

@@ -8,7 +8,7 @@ from shared.reset.retention import run_retention
 from shared.reset.worker import handle_poison_message, handle_request_message
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # others get a 405 problem, not the host's 404
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]  # others get a 405 problem with Allow
 
 
 async def _http(handler: api.Handler, req: func.HttpRequest) -> func.HttpResponse:

@@ -59,6 +59,14 @@ def _lower(schema: Any) -> Any:
     return node
 
 
+# Examples the connector shows and the contract fuzz starts from (schemathesis's examples phase).
+EXAMPLE_GUEST = "5e0c1d2a-0001-4a5b-9c3d-000000000001"
+_EXAMPLES: dict[str, Any] = {
+    "ResetSubmission": {"userId": EXAMPLE_GUEST, "ticketId": "INC0012345", "sendInvitationMessage": True},
+    "ReplayOrder": {"errorCode": "GraphUnavailable", "max": 10},
+}
+
+
 def definitions() -> dict[str, Any]:
     found: dict[str, Any] = {}
     for model in _MODELS:
@@ -66,6 +74,8 @@ def definitions() -> dict[str, Any]:
         for name, sub in schema.pop("$defs", {}).items():
             found[name] = _lower(sub)
         found[model.__name__] = _lower(schema)
+    for name, example in _EXAMPLES.items():
+        found[name]["example"] = example
     return found
 
 
@@ -163,6 +173,7 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                             "required": True,
                             "type": "string",
                             "x-ms-summary": "Request id",
+                            "x-example": "INC0012345",
                         }
                     ],
                     "responses": {
@@ -222,7 +233,8 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "operationId": "ReplayPoisoned",
                     "summary": "Put failed requests back on the request queue (admin key)",
                     "x-ms-visibility": "internal",
-                    "parameters": [{"name": "body", "in": "body", "required": True, "schema": _ref("ReplayOrder")}],
+                    # No body is an order without filters: replay up to 100 failed requests.
+                    "parameters": [{"name": "body", "in": "body", "required": False, "schema": _ref("ReplayOrder")}],
                     "responses": {
                         "200": {"description": "What moved", "schema": _ref("ReplayResult")},
                         "400": _problem("Bad replay order"),

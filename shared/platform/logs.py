@@ -34,8 +34,8 @@ def mask_email(address: str | None) -> str | None:
     if not address:
         return address
     local, _, domain = address.partition("@")
-    if not domain:
-        return "***"
+    if not domain or not local:
+        return f"***@{domain}" if domain else "***"
     hidden = local[0] + "***" + (local[-1] if len(local) > 1 else "")
     return f"{hidden}@{domain}"
 

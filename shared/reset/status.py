@@ -133,9 +133,17 @@ class StatusRecord:
 
     def with_event(self, event: str, **details: Any) -> tuple[dict[str, Any], ...]:
         entry = {"at": iso_time(utcnow()), "attempt": self.attempts, "event": event}
-        entry.update({k: redact(v) if isinstance(v, str) else v for k, v in details.items() if v is not None})
+        entry.update({k: _event_text(v) if isinstance(v, str) else v for k, v in details.items() if v is not None})
         return (*self.history, entry)[-HISTORY_LIMIT:]
 
+
+def _event_text(text: str) -> str:
+    """History text as it may rest: redacted, and short enough that 20 events fit one entity."""
+    text = redact(text)
+    return text if len(text) <= EVENT_TEXT_CHARS else text[:EVENT_TEXT_CHARS] + " (cut)"
+
+
+EVENT_TEXT_CHARS = 1_000
 
 # The outcome model decides what is public; the status API adds the redeem URL on its own.
 PUBLIC_FIELDS = tuple(ResetOutcome.model_fields)

@@ -32,12 +32,18 @@ log = app_logger()
 message_hash = capabilities.message_hash
 
 
+# A queue message holds at most 64 KB: the envelope keeps the request only when it leaves room.
+ENVELOPE_REQUEST_CHARS = 32_000
+ENVELOPE_MESSAGE_CHARS = 4_000
+
+
 def _envelope(
     body: bytes, request_id: str, error: ResetError, attempts: int, history: tuple[dict[str, Any], ...]
 ) -> dict[str, Any]:
     """A poison message: the original request plus why it failed, for operators and replay.
 
-    What it carries rests in storage: the callback's secrets are masked, Graph's message redacted.
+    What it carries rests in storage: the callback's secrets are masked, Graph's message redacted,
+    and a request too large to fit is summarised (its size and hash) rather than kept.
     """
     try:
         original: Any = load_json_object(body)
@@ -45,10 +51,15 @@ def _envelope(
             original["callbackUrl"] = mask_url_secrets(original["callbackUrl"])
     except InvalidRequestError:
         original = redact(body.decode("utf-8", errors="replace"))
+    if len(json.dumps(original)) > ENVELOPE_REQUEST_CHARS:
+        original = {"notKept": f"{len(body)} bytes, sha256 {message_hash(body)}"}
+    message = redact(error.message)
+    if len(message) > ENVELOPE_MESSAGE_CHARS:
+        message = message[:ENVELOPE_MESSAGE_CHARS] + " (cut)"
     return {
         "requestId": request_id,
         "request": original,
-        "error": {**error.to_dict(), "message": redact(error.message), "attempts": attempts},
+        "error": {**error.to_dict(), "message": message, "attempts": attempts},
         "history": list(history),
         "poisonedAt": utcnow().isoformat(),
     }

@@ -293,6 +293,13 @@ def test_a_tenant_redirect_entry_admits_exactly_its_tenant() -> None:
 # --- data at rest and in answers --------------------------------------------------------------
 
 
+def test_an_address_without_a_local_part_is_masked_not_crashed_on() -> None:
+    """Found by the queue fuzz: "@contoso.com" made the poison handler drop the message."""
+    from shared.platform.logs import mask_email
+
+    assert mask_email("@contoso.com") == "***@contoso.com"
+
+
 def test_callback_secrets_are_masked_at_rest_and_in_free_text() -> None:
     assert "s3cr3t" not in mask_url_secrets(SIGNED) and mask_url_secrets(SIGNED).startswith(LOGIC_APP + "?")
     assert "s3cr3t" not in redact(f"posting to {SIGNED} failed")

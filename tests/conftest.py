@@ -1,4 +1,7 @@
-"""Session-wide fixtures: one fresh in-memory Azurite and one Graph emulator for the run."""
+"""Session-wide fixtures: one fresh in-memory Azurite and one Graph emulator for the run.
+
+The in-memory app of the unit tests (``make_app``) comes with the factories module.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import pytest
 
 from tools.azurite import AzuriteEndpoints, running_azurite
 from tools.graph_emulator.runner import EmulatorHandle, running_emulator
+
+pytest_plugins = ["tests.factories"]
 
 
 @pytest.fixture(scope="session")

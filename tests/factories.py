@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from shared.platform.settings import KEY_GRANTABLE, QUEUE_GRANTABLE, Settings, parse_settings
+import pytest
+
+from shared.platform.settings import (
+    KEY_GRANTABLE,
+    QUEUE_GRANTABLE,
+    Settings,
+    get_settings,
+    parse_settings,
+    reset_settings,
+)
+from shared.platform.storage_stub import MemoryQueue, MemoryTable
 from shared.reset.graph import GuestUser
+from shared.reset.graph_stub import DirectoryUser, StubGraphGateway
+from shared.reset.runtime import Runtime, reset_runtime, set_runtime_factory, stub_runtime
+from shared.reset.status import Status, StatusRecord, StatusStore
+from shared.reset.worker import handle_poison_message, handle_request_message
 
 GUEST_ID = "6a1b3c4d-0000-4000-8000-00000000a001"
 
@@ -43,6 +59,45 @@ def guest(**overrides: Any) -> GuestUser:
     return GuestUser(**values)
 
 
+def directory_user(**overrides: Any) -> DirectoryUser:
+    """A redeemed B2B guest in the Graph stub's directory (the same Adele as ``guest()``)."""
+    values: dict[str, Any] = {
+        "id": GUEST_ID,
+        "user_principal_name": "adele.vance_contoso.com#EXT#@fabrikam.onmicrosoft.com",
+        "display_name": "Adele Vance",
+        "mail": "adele.vance@contoso.com",
+        "other_mails": ["adele.vance@contoso.com"],
+        "user_type": "Guest",
+        "external_user_state": "Accepted",
+        "proxy_addresses": ["SMTP:adele.vance@contoso.com"],
+    }
+    values.update(overrides)
+    return DirectoryUser(**values)
+
+
+def internal_user(**overrides: Any) -> DirectoryUser:
+    """A member of the tenant's own (not B2B): no #EXT# UPN, no externalUserState."""
+    values: dict[str, Any] = {
+        "id": "6a1b3c4d-0000-4000-8000-00000000b002",
+        "user_principal_name": "megan@fabrikam.onmicrosoft.com",
+        "display_name": "Megan Bowen",
+        "mail": "megan@fabrikam.com",
+        "other_mails": [],
+        "user_type": "Member",
+        "external_user_state": None,
+        "proxy_addresses": ["SMTP:megan@fabrikam.com"],
+    }
+    values.update(overrides)
+    return DirectoryUser(**values)
+
+
+def status_record(**overrides: Any) -> StatusRecord:
+    """A status record of one request; Processing unless told otherwise."""
+    values: dict[str, Any] = {"request_id": "req-1", "status": Status.PROCESSING}
+    values.update(overrides)
+    return StatusRecord(**values)
+
+
 def request_body(**overrides: Any) -> bytes:
     """A valid contract-v1 message body; None values drop the field."""
     values: dict[str, Any] = {"userId": GUEST_ID}
@@ -69,3 +124,88 @@ def isolated_env(connection_string: str, graph_base_url: str, **overrides: str) 
     }
     values.update(overrides)
     return values
+
+
+@dataclass
+class StubApp:
+    """The worker over in-memory doubles, driven the way the queue triggers drive it."""
+
+    settings: Settings
+    graph: StubGraphGateway
+    table: MemoryTable
+    results_queue: MemoryQueue
+    poison_queue: MemoryQueue
+    requests_queue: MemoryQueue
+    runtime: Runtime
+
+    @property
+    def store(self) -> StatusStore:
+        return self.runtime.status
+
+    async def deliver(
+        self, body: dict[str, Any] | bytes, *, message_id: str | None = None, dequeue_count: int = 1
+    ) -> None:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        await handle_request_message(raw, message_id=message_id or str(uuid.uuid4()), dequeue_count=dequeue_count)
+
+    async def status(self, request_id: str) -> StatusRecord | None:
+        return await self.store.get(request_id)
+
+    def poison(self) -> list[dict[str, Any]]:
+        """The poison messages sent since the last look (drained, as the integration App does)."""
+        sent = self.poison_queue.decoded()
+        self.poison_queue.messages.clear()
+        return sent
+
+    def results(self) -> list[dict[str, Any]]:
+        sent = self.results_queue.decoded()
+        self.results_queue.messages.clear()
+        return sent
+
+    async def run_poison_handler(self) -> list[dict[str, Any]]:
+        """Feed every poison message to the poison trigger's handler; returns them."""
+        seen = []
+        while self.poison_queue.messages:
+            text = self.poison_queue.messages.pop(0)
+            await handle_poison_message(text.encode(), message_id=str(uuid.uuid4()))
+            seen.append(json.loads(text))
+        return seen
+
+
+MakeApp = Callable[..., StubApp]
+
+
+@pytest.fixture
+def make_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeApp]:
+    """Build a StubApp and install it as the runtime: ``make_app(*users, SETTING="value")``."""
+    set_names: set[str] = set()
+
+    def make(*users: DirectoryUser, graph: StubGraphGateway | None = None, **setting_overrides: str) -> StubApp:
+        for name in set_names:
+            monkeypatch.delenv(name, raising=False)
+        values = env(**setting_overrides)
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        set_names.update(values)
+        reset_settings()
+        current = get_settings()
+        stub = graph or StubGraphGateway()
+        for user in users:
+            stub.add_user(user)
+        table = MemoryTable(current.status_table)
+        results, poison, requests = (
+            MemoryQueue(name) for name in (current.result_queue, current.poison_queue, current.request_queue)
+        )
+        runtime = stub_runtime(current, graph=stub, table=table, results=results, poison=poison, requests=requests)
+        app = StubApp(current, stub, table, results, poison, requests, runtime)
+
+        async def factory(_: Settings) -> Runtime:
+            return app.runtime
+
+        set_runtime_factory(factory)
+        return app
+
+    yield make
+    set_runtime_factory(None)
+    reset_runtime()
+    reset_settings()

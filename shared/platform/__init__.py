@@ -1,3 +1,3 @@
 """The platform under everything: settings parsed once, every error type, logging with masking and
-request context, and the storage clients. Imports nothing else from the app.
+request context, the storage clients and their in-memory doubles. Imports nothing else from the app.
 """

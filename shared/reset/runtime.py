@@ -10,6 +10,7 @@ import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shared.platform.logs import configure_logging
 from shared.platform.settings import Settings, get_settings
@@ -17,6 +18,10 @@ from shared.reset.graph import GraphGateway
 from shared.reset.queues import Publisher
 from shared.reset.status import StatusStore
 from shared.reset.throttle import RetryPolicy, WriteBudget
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient
+    from azure.storage.queue.aio import QueueClient
 
 
 @dataclass
@@ -61,6 +66,34 @@ async def build_runtime(settings: Settings) -> Runtime:
     await runtime.status.ensure()
     await runtime.publisher.ensure()
     return runtime
+
+
+def stub_runtime(
+    settings: Settings,
+    *,
+    graph: GraphGateway | None = None,
+    table: TableClient | None = None,
+    results: QueueClient | None = None,
+    poison: QueueClient | None = None,
+    requests: QueueClient | None = None,
+) -> Runtime:
+    """A whole runtime in memory: the Graph stub and storage doubles, or the ones given (tests, tools).
+
+    Pass the doubles in to keep a handle on them (script failures, read what was sent).
+    """
+    from shared.platform.storage_stub import MemoryQueue, MemoryTable
+    from shared.reset.graph_stub import StubGraphGateway
+
+    return Runtime(
+        settings=settings,
+        graph=graph or StubGraphGateway(),
+        status=StatusStore(table or MemoryTable(settings.status_table)),
+        publisher=Publisher(
+            results=results or MemoryQueue(settings.result_queue),
+            poison=poison or MemoryQueue(settings.poison_queue),
+            requests=requests or MemoryQueue(settings.request_queue),
+        ),
+    )
 
 
 RuntimeFactory = Callable[[Settings], Awaitable[Runtime]]

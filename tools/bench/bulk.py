@@ -1,6 +1,6 @@
 """Bulk CSV files (issue 5's speed goals), on a fresh Azurite.
 
-1. ``guest-reset submit``'s code path (``shared.bulk_submit.submit_file``: validation pass, file
+1. ``guest-reset submit``'s code path (``tools.cli.submit.submit_file``: validation pass, file
    hash, progress checkpoints, receipt, concurrent sends) for a 10,000-row file (quick: 2,000)
    vs raw concurrent sends of the same message bodies with the async queue SDK, configured as the
    app configures it (``shared.storage.client_options``), at the same concurrency (64): ≤ 1.25x.

@@ -51,6 +51,8 @@ def main() -> int:
             "AzureWebJobsStorage": azurite.connection_string,
             "GRAPH_BASE_URL": graph.base_url,
             "FUNCTIONS_WORKER_RUNTIME": "python",
+            # Least power: the queue may switch addresses only because the operator says so.
+            "QUEUE_CAPABILITIES": "Reset.Submit,Reset.SwitchEmail",
         }
         with running_devhost(REPO_ROOT, env=env) as host:
             console.print(f"local runner at {host.base_url} (function_app.py)")

@@ -23,8 +23,10 @@ from pydantic import ValidationError
 
 from shared.bulk.repeats import RepeatCheck, RepeatSieve
 from shared.platform.settings import Settings
+from shared.reset import capabilities
 from shared.reset.callbacks import callback_allowed
 from shared.reset.contract import ResetRequest, describe_validation_error
+from shared.reset.policy import request_refusals
 
 # Columns a file may have, in contract order. requestId is not one of them: it is derived.
 COLUMNS = (
@@ -479,6 +481,15 @@ class BulkCsvReader:
                     row,
                 )
             )
+        if request is not None and self._settings is not None:
+            # The worker judges a bulk row as a queue message: say so now, not one Failed row at a time.
+            for refusal in request_refusals(request, self._settings):
+                name = refusal.field.split("[")[0]
+                problems.append(CsvProblem(line, self._column(name), refusal.message, name, row))
+            for need in capabilities.missing(request, self._settings.queue_capabilities, self._settings):
+                name = need.field if need.field in self._columns else "(request)"
+                message = capabilities.describe(need, "the request queue (QUEUE_CAPABILITIES)")
+                problems.append(CsvProblem(line, self._column(name), message, need.field, row))
         if problems:
             return self._invalid(row, line, sorted(problems, key=lambda p: p.column))
         assert request is not None

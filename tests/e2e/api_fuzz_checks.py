@@ -71,17 +71,20 @@ class Figures:
     """Responses by status over the whole run, written once at the end (idempotent under replay)."""
 
     def __init__(self) -> None:
-        self.seen: dict[str, int] = {}
+        self.seen: dict[str, tuple[str, int]] = {}
 
     def after_response(self, ctx: Any, response: Any, case: Any) -> None:
-        self.seen[f"{case.id}:{case.method}:{response.status_code}"] = response.status_code
+        label = f"{case.method} {case.path}"
+        self.seen[f"{case.id}:{label}:{response.status_code}"] = (label, response.status_code)
 
     def after_run(self, ctx: Any) -> None:
         path = os.environ.get("FUZZ_STATS")
         if not path:
             return
         by_status: dict[str, int] = {}
-        for status in self.seen.values():
+        by_operation: dict[str, int] = {}
+        for label, status in self.seen.values():
             by_status[str(status)] = by_status.get(str(status), 0) + 1
+            by_operation[label] = by_operation.get(label, 0) + 1
         with open(path, "w", encoding="utf-8") as out:
-            json.dump({"responses": len(self.seen), "byStatus": by_status}, out)
+            json.dump({"responses": len(self.seen), "byStatus": by_status, "byOperation": by_operation}, out)

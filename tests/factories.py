@@ -118,7 +118,7 @@ def isolated_env(connection_string: str, graph_base_url: str, **overrides: str) 
         "GRAPH_MAX_ATTEMPTS": "4",
         "GRAPH_WRITES_PER_SECOND": "50",
         # Most tests exercise what a fully trusted caller may do; the least-power tests
-        # (tests/integration/test_security.py) set these back to the safe defaults themselves.
+        # (tests/integration/test_security_rules.py) set these back to the safe defaults themselves.
         "KEY_CAPABILITIES": ",".join(c.value for c in KEY_GRANTABLE),
         "QUEUE_CAPABILITIES": ",".join(c.value for c in QUEUE_GRANTABLE),
     }

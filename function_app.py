@@ -82,3 +82,13 @@ async def list_poison(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="poison/replay", methods=ALL_METHODS, auth_level=func.AuthLevel.ADMIN)
 async def replay_poison(req: func.HttpRequest) -> func.HttpResponse:
     return await _http(api.replay_poison, req)
+
+
+@app.route(route="breaker", methods=ALL_METHODS, auth_level=func.AuthLevel.ADMIN)
+async def breaker_status(req: func.HttpRequest) -> func.HttpResponse:
+    return await _http(api.breaker_status, req)
+
+
+@app.route(route="breaker/close", methods=ALL_METHODS, auth_level=func.AuthLevel.ADMIN)
+async def close_breaker(req: func.HttpRequest) -> func.HttpResponse:
+    return await _http(api.close_breaker, req)

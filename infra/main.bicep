@@ -75,8 +75,27 @@ param graphTimeoutSeconds int = 30
 @description('GRAPH_BASE_URL: Microsoft Graph endpoint of the tenant\'s cloud (global, US Gov L4, US Gov L5 DoD, China).')
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 
-@description('INVITE_REDIRECT_URL: where a guest lands after redeeming the new invitation.')
-param inviteRedirectUrl string = 'https://myapps.microsoft.com'
+@description('INVITE_REDIRECT_URL: where a guest lands after redeeming the new invitation. Empty: the cloud\'s My Apps portal opened in this tenant (https://myapps.microsoft.com?tenantId=<tenant> in the global cloud).')
+param inviteRedirectUrl string = ''
+
+@allowed([
+  'transitive'
+  'direct'
+])
+@description('ROLE_CHECK: transitive reads Graph beta transitiveRoleAssignments (direct and group-held roles); direct reads v1.0 roleAssignments (direct roles only). docs/graph.md explains the choice.')
+param roleCheck string = 'transitive'
+
+@minValue(0)
+@maxValue(120)
+@description('REPLICATION_WAIT_SECONDS: how long a reset waits for its own email switch to read back before inviting.')
+param replicationWaitSeconds int = 30
+
+@description('INVITATIONS_PER_MINUTE: app-wide pace of reset invitations (a positive decimal), apart from GRAPH_WRITES_PER_SECOND; Microsoft publishes no rate, see docs/operations.md.')
+param invitationsPerMinute string = '6'
+
+@minValue(1)
+@description('BREAKER_HOLD_SECONDS: while the invitation breaker is open, a held request looks again this often.')
+param breakerHoldSeconds int = 300
 
 @description('SEND_INVITATION_MESSAGE: default for requests that do not say whether Microsoft should email the invitation.')
 param sendInvitationMessage bool = false
@@ -108,7 +127,7 @@ param statusTableName string = 'GuestResetStatus'
 // ---------------------------------------------------------------------------------------------
 // Permissions and front-door options.
 // ---------------------------------------------------------------------------------------------
-@description('Grant the identity the Microsoft Graph application permission User.ReadWrite.All during deployment (Microsoft Graph Bicep extension, public cloud only). The deployer needs the Entra role Privileged Role Administrator (or Global Administrator). Leave false and run infra/scripts/grant-graph-permission.sh when another team grants permissions.')
+@description('Grant the identity the Microsoft Graph application permissions User.ReadWrite.All and RoleManagement.Read.Directory during deployment (Microsoft Graph Bicep extension, public cloud only). The deployer needs the Entra role Privileged Role Administrator (or Global Administrator). Leave false and run infra/scripts/grant-graph-permission.sh when another team grants permissions.')
 param grantGraphPermission bool = false
 
 @description('Put App Service authentication (Microsoft Entra ID) in front of the HTTP API, on top of function keys.')
@@ -278,6 +297,10 @@ module api 'app/api.bicep' = {
     graphMaxAttempts: graphMaxAttempts
     graphTimeoutSeconds: graphTimeoutSeconds
     callbackAllowedHosts: callbackAllowedHosts
+    roleCheck: roleCheck
+    replicationWaitSeconds: replicationWaitSeconds
+    invitationsPerMinute: invitationsPerMinute
+    breakerHoldSeconds: breakerHoldSeconds
     bulkContainerName: bulkContainerName
     bulkSchedule: bulkSchedule
     enableAppServiceAuth: enableAppServiceAuth

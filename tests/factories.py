@@ -19,13 +19,24 @@ from shared.platform.settings import (
     reset_settings,
 )
 from shared.platform.storage_stub import MemoryQueue, MemoryTable
-from shared.reset.graph import GuestUser
+from shared.reset.graph import GuestUser, RoleAssignment
 from shared.reset.graph_stub import DirectoryUser, StubGraphGateway
 from shared.reset.runtime import Runtime, reset_runtime, set_runtime_factory, stub_runtime
 from shared.reset.status import Status, StatusRecord, StatusStore
 from shared.reset.worker import handle_poison_message, handle_request_message
 
 GUEST_ID = "6a1b3c4d-0000-4000-8000-00000000a001"
+# Built-in role definition (template) ids, the same in every tenant.
+USER_ADMINISTRATOR = "fe930be7-5e62-47db-91af-98c3a49a38b1"
+HELPDESK_ADMINISTRATOR = "729827e3-9c14-49f7-bb1b-9608f156bbb8"
+
+
+# Most tests exercise what a fully trusted caller may do; the least-power tests (test_security*.py,
+# test_least_power.py) set KEY_CAPABILITIES and QUEUE_CAPABILITIES back to the safe defaults ("").
+FULL_TRUST = {
+    "KEY_CAPABILITIES": ",".join(c.value for c in KEY_GRANTABLE),
+    "QUEUE_CAPABILITIES": ",".join(c.value for c in QUEUE_GRANTABLE),
+}
 
 
 def env(**overrides: str) -> dict[str, str]:
@@ -35,6 +46,9 @@ def env(**overrides: str) -> dict[str, str]:
         "GRAPH_BASE_URL": "http://127.0.0.1:8765/v1.0",
         "GRAPH_RETRY_DELAYS": "0.01,0.02",
         "GRAPH_WRITES_PER_SECOND": "100",
+        # Pacing is shown by its own tests; elsewhere it would only slow the suite down.
+        "INVITATIONS_PER_MINUTE": "6000",
+        **FULL_TRUST,
     }
     values.update(overrides)
     return values
@@ -73,6 +87,11 @@ def directory_user(**overrides: Any) -> DirectoryUser:
     }
     values.update(overrides)
     return DirectoryUser(**values)
+
+
+def role(definition: str = USER_ADMINISTRATOR, *, scope: str = "/", principal: str = GUEST_ID) -> RoleAssignment:
+    """A role assignment: tenant-wide and held by the guest itself unless told otherwise."""
+    return RoleAssignment(role_definition_id=definition, directory_scope_id=scope, principal_id=principal)
 
 
 def internal_user(**overrides: Any) -> DirectoryUser:
@@ -117,10 +136,10 @@ def isolated_env(connection_string: str, graph_base_url: str, **overrides: str) 
         "GRAPH_RETRY_DELAYS": "0.05,0.1",
         "GRAPH_MAX_ATTEMPTS": "4",
         "GRAPH_WRITES_PER_SECOND": "50",
-        # Most tests exercise what a fully trusted caller may do; the least-power tests
-        # (tests/integration/test_security_rules.py) set these back to the safe defaults themselves.
-        "KEY_CAPABILITIES": ",".join(c.value for c in KEY_GRANTABLE),
-        "QUEUE_CAPABILITIES": ",".join(c.value for c in QUEUE_GRANTABLE),
+        **FULL_TRUST,
+        # Pacing is shown by its own tests; elsewhere it would only slow the suite down.
+        "INVITATIONS_PER_MINUTE": "6000",
+        "BREAKER_HOLD_SECONDS": "1",
     }
     values.update(overrides)
     return values

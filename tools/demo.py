@@ -53,6 +53,8 @@ def main() -> int:
             "FUNCTIONS_WORKER_RUNTIME": "python",
             # Least power: the queue may switch addresses only because the operator says so.
             "QUEUE_CAPABILITIES": "Reset.Submit,Reset.SwitchEmail",
+            # The production pace (6 a minute) would make the demo wait for its invitation slots.
+            "INVITATIONS_PER_MINUTE": "600",
         }
         with running_devhost(REPO_ROOT, env=env) as host:
             console.print(f"local runner at {host.base_url} (function_app.py)")

@@ -41,6 +41,18 @@ param graphMaxAttempts int
 param graphTimeoutSeconds int
 param callbackAllowedHosts string
 
+@description('ROLE_CHECK: transitive (beta transitiveRoleAssignments, group-held roles too) or direct (v1.0 roleAssignments).')
+param roleCheck string
+
+@description('REPLICATION_WAIT_SECONDS: how long a reset waits for its own email switch to read back.')
+param replicationWaitSeconds int
+
+@description('INVITATIONS_PER_MINUTE: app-wide pace of POST /invitations (a positive decimal).')
+param invitationsPerMinute string
+
+@description('BREAKER_HOLD_SECONDS: while the invitation breaker is open, a held request looks again this often.')
+param breakerHoldSeconds int
+
 @description('BULK_CONTAINER: blob container the bulk job reads CSV files from (incoming/) and writes reports to.')
 param bulkContainerName string
 
@@ -159,6 +171,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     RESET_RESULT_QUEUE: resultQueueName
     RESET_STATUS_TABLE: statusTableName
     GRAPH_BASE_URL: graphBaseUrl
+    // The tenant the app works in: the default redirect opens My Apps in it (?tenantId=).
+    AZURE_TENANT_ID: tenant().tenantId
     INVITE_REDIRECT_URL: inviteRedirectUrl
     SEND_INVITATION_MESSAGE: sendInvitationMessage ? 'true' : 'false'
     ALLOWED_EMAIL_DOMAINS: allowedEmailDomains
@@ -169,6 +183,10 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     GRAPH_MAX_ATTEMPTS: string(graphMaxAttempts)
     GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
     CALLBACK_ALLOWED_HOSTS: callbackAllowedHosts
+    ROLE_CHECK: roleCheck
+    REPLICATION_WAIT_SECONDS: string(replicationWaitSeconds)
+    INVITATIONS_PER_MINUTE: invitationsPerMinute
+    BREAKER_HOLD_SECONDS: string(breakerHoldSeconds)
     BULK_CONTAINER: bulkContainerName
     BULK_SCHEDULE: bulkSchedule
     // Only App Service authentication makes the caller headers trustworthy (the platform

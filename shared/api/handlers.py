@@ -17,12 +17,13 @@ from pydantic import ValidationError
 
 from shared.api import triage
 from shared.api.intake import accept, validate_submission
-from shared.api.models import ReplayOrder, ResetStatus, dump
+from shared.api.models import BreakerClose, ReplayOrder, ResetStatus, dump
 from shared.api.openapi import document
 from shared.api.principal import Access, AccessDenied, resolve_access
 from shared.platform.errors import IntakeError, ResetError, SettingsError, UserNotFoundError
 from shared.platform.logs import app_logger
 from shared.platform.settings import Capability, get_settings
+from shared.reset.breaker import resume_held
 from shared.reset.contract import describe_validation_error
 from shared.reset.runtime import get_runtime
 from shared.reset.status import Status, StatusRecord
@@ -252,3 +253,25 @@ async def replay_poison(request: ApiRequest, access: Access) -> ApiResponse:
         await get_runtime(), request_ids=order.request_ids, error_code=order.error_code, maximum=order.max
     )
     return ApiResponse(200, report.to_dict())
+
+
+@guarded("GET", needs=Capability.OPERATE)
+async def breaker_status(request: ApiRequest, access: Access) -> ApiResponse:
+    """GET /api/breaker (admin): the invitation circuit breaker's state."""
+    state = await (await get_runtime()).gate.store.read_breaker()
+    return ApiResponse(200, state.to_dict())
+
+
+@guarded("POST", needs=Capability.OPERATE)
+async def close_breaker(request: ApiRequest, access: Access) -> ApiResponse:
+    """POST /api/breaker/close (admin): close the breaker and send held requests back to the queue."""
+    try:
+        order = BreakerClose.model_validate_json(request.body or b"{}", by_alias=True, by_name=False)
+    except ValidationError as error:
+        return problem(400, "Invalid body", "see errors", describe_validation_error(error))
+    runtime = await get_runtime()
+    # Behind Entra ID the audit names the principal (as requestedBy does), not what it wrote.
+    closed_by = access.caller.audit_id if access.caller else None
+    state = await runtime.gate.close(closed_by or order.closed_by or "admin API")
+    resumed = await resume_held(runtime)
+    return ApiResponse(200, {"breaker": state.to_dict(), "resumed": resumed, "resumedCount": len(resumed)})

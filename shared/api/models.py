@@ -104,6 +104,32 @@ class ReplayResult(_Model):
     skipped: list[SkippedReplay]
 
 
+class Breaker(_Model):
+    """The invitation circuit breaker: open after Microsoft blocked or disabled invitations."""
+
+    state: str = Field(description="open or closed")
+    code: str | None = Field(None, description="InvitationsBlocked or InvitationsDisabled: what opened it.")
+    message: str | None = Field(None, description="Graph's message when it opened.")
+    opened_at: str | None = None
+    opened_by: str | None = Field(None, description="The request that met the block.")
+    closed_at: str | None = None
+    closed_by: str | None = None
+
+
+class BreakerClose(_Model):
+    """Who closes the breaker (kept for audit)."""
+
+    closed_by: str | None = Field(None, max_length=200)
+
+
+class BreakerClosed(_Model):
+    """The breaker is closed and every held request is back on the queue."""
+
+    breaker: Breaker
+    resumed: list[str] = Field(description="requestIds of the held requests sent back to the queue.")
+    resumed_count: int
+
+
 class Health(_Model):
     status: str = Field(description="healthy or unhealthy")
     problems: list[str] = []

@@ -23,6 +23,9 @@ _MODELS: tuple[type[BaseModel], ...] = (
     m.ReplayOrder,
     m.ReplayResult,
     m.Health,
+    m.Breaker,
+    m.BreakerClose,
+    m.BreakerClosed,
 )
 _DROP = {"title", "default", "$schema", "$id"}
 
@@ -238,6 +241,28 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "What moved", "schema": _ref("ReplayResult")},
                         "400": _problem("Bad replay order"),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/breaker": {
+                "get": {
+                    "operationId": "GetInvitationBreaker",
+                    "summary": "Is the invitation circuit breaker open? (admin key)",
+                    "x-ms-visibility": "internal",
+                    "responses": {"200": {"description": "The breaker", "schema": _ref("Breaker")}, **_COMMON},
+                }
+            },
+            "/breaker/close": {
+                "post": {
+                    "operationId": "CloseInvitationBreaker",
+                    "summary": "Close the invitation breaker once Microsoft lifted the block (admin key)",
+                    "description": "Held requests go back to the queue and resume.",
+                    "x-ms-visibility": "internal",
+                    "parameters": [{"name": "body", "in": "body", "required": False, "schema": _ref("BreakerClose")}],
+                    "responses": {
+                        "200": {"description": "Closed; held requests resumed", "schema": _ref("BreakerClosed")},
+                        "400": _problem("Bad body"),
                         **_COMMON,
                     },
                 }

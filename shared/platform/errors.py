@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -89,6 +90,22 @@ class AmbiguousOutcomeError(TransientError):
     default_code = "GraphOutcomeUnknown"
 
 
+class HoldError(ResetError):
+    """The delivery must wait, neither failed nor retried: it goes back on the queue with a delay.
+
+    ``held`` marks a hold by the invitation circuit breaker (the status says Held and why);
+    otherwise the delivery only waits for its invitation slot (pacing).
+    """
+
+    permanent = False
+    default_code = "Held"
+
+    def __init__(self, message: str, *, delay: float, code: str | None = None, held: bool = True) -> None:
+        super().__init__(message, code=code)
+        self.delay = delay
+        self.held = held
+
+
 class IntakeError(ResetError):
     """A submission to the HTTP API refused as a whole; ``status`` is the HTTP status to answer with."""
 
@@ -163,6 +180,11 @@ _FORBIDDEN_HINTS = (
         "Microsoft blocked invitations for this tenant; open a support ticket, it does not lift by itself",
     ),
     (
+        "invitations are blocked",
+        "InvitationsBlocked",
+        "Microsoft blocked invitations for this tenant; open a support ticket, it does not lift by itself",
+    ),
+    (
         "not allowed for your company",
         "InvitationsDisabled",
         "B2B invitations are disabled or restricted in the tenant's external collaboration settings",
@@ -170,14 +192,63 @@ _FORBIDDEN_HINTS = (
     ("cross-tenant access", "CrossTenantAccessBlocked", "cross-tenant access settings block this guest's home tenant"),
 )
 
+# Failures that stop every invitation of the tenant, not just this one: the first of them opens
+# the invitation circuit breaker (shared.reset.breaker) instead of failing the request.
+BREAKER_CODES = frozenset({"InvitationsBlocked", "InvitationsDisabled"})
+
+# The least-privileged Microsoft Graph application permission Microsoft documents for each call
+# the app makes (docs/graph.md lists the sources).
+USERS_PERMISSION = "User.ReadWrite.All"  # read and update users; POST /invitations with resetRedemption
+ROLES_PERMISSION = "RoleManagement.Read.Directory"  # the role check (role assignments)
+
 PERMISSION_HINT = (
-    "grant the app's identity the Microsoft Graph application permission User.ReadWrite.All "
-    "(least privilege for a redemption reset) and wait for it to propagate"
+    f"grant the app's identity the Microsoft Graph application permissions {USERS_PERMISSION} "
+    f"(users and the reset itself) and {ROLES_PERMISSION} (the role check), "
+    "e.g. with infra/scripts/grant-graph-permission.sh, and wait for them to propagate"
 )
 
 
-def classify_graph_response(status: int, body: Mapping[str, Any] | None, headers: Mapping[str, str]) -> ResetError:
-    """Turn a failed Graph response into our error: permanent or transient, with request-id."""
+@dataclass(frozen=True)
+class GraphCall:
+    """What one kind of Graph call needs, so that its failures say exactly what to fix."""
+
+    permission: str
+    # Set when a 400/404 means the endpoint itself is not served (not "no such user").
+    unavailable_code: str | None = None
+    unavailable_hint: str = ""
+
+
+USER_CALL = GraphCall(USERS_PERMISSION)
+ROLE_CALL = GraphCall(
+    ROLES_PERMISSION,
+    unavailable_code="RoleCheckUnavailable",
+    unavailable_hint=(
+        "the role check could not be read, so nothing was changed; ROLE_CHECK=transitive reads Graph's "
+        "beta transitiveRoleAssignments, which Microsoft may change: set ROLE_CHECK=direct to read the "
+        "v1.0 roleAssignments instead (direct roles only)"
+    ),
+)
+
+
+def _permission_hint(permission: str) -> str:
+    return (
+        f"grant the app's identity the Microsoft Graph application permission {permission} "
+        "(infra/scripts/grant-graph-permission.sh grants every permission the app needs) "
+        "and wait for it to propagate"
+    )
+
+
+def classify_graph_response(
+    status: int,
+    body: Mapping[str, Any] | None,
+    headers: Mapping[str, str],
+    *,
+    call: GraphCall | None = None,
+) -> ResetError:
+    """Turn a failed Graph response into our error: permanent or transient, with request-id.
+
+    ``call`` says what the call needs: a plain 403 then names the missing permission.
+    """
     error = (body or {}).get("error") if isinstance(body, Mapping) else None
     error = error if isinstance(error, Mapping) else {}
     graph_code = str(error.get("code") or "")
@@ -215,10 +286,23 @@ def classify_graph_response(status: int, body: Mapping[str, Any] | None, headers
         for needle, code, hint in _FORBIDDEN_HINTS:
             if needle in lowered:
                 return GraphRequestError(f"{graph_message} ({hint})", code=code, **kw)
+        if call is not None:
+            return GraphRequestError(
+                f"Graph denied the call ({graph_message}): the app lacks the application permission "
+                f"{call.permission}; {_permission_hint(call.permission)}",
+                code="GraphPermissionMissing",
+                **kw,
+            )
         return GraphRequestError(
             f"Graph denied the operation ({graph_message}); {PERMISSION_HINT}. "
             "App-only resets also cannot touch users who hold directory roles.",
             code="GraphForbidden",
+            **kw,
+        )
+    if call is not None and call.unavailable_code and status in (400, 404):
+        return GraphRequestError(
+            f"Graph answered HTTP {status} {graph_code}: {graph_message} ({call.unavailable_hint})",
+            code=call.unavailable_code,
             **kw,
         )
     if status == 404:

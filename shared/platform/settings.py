@@ -37,7 +37,10 @@ DEFAULTS: dict[str, str] = {
     "RESET_RESULT_QUEUE": "guest-reset-results",
     "RESET_STATUS_TABLE": "GuestResetStatus",
     "GRAPH_BASE_URL": "https://graph.microsoft.com/v1.0",
-    "INVITE_REDIRECT_URL": "https://myapps.microsoft.com",
+    # The directory (tenant) id; empty: read from the app's Graph token (its `tid` claim).
+    "AZURE_TENANT_ID": "",
+    # Empty: the cloud's My Apps portal for the tenant (my_apps_url below).
+    "INVITE_REDIRECT_URL": "",
     "SEND_INVITATION_MESSAGE": "false",
     "ALLOWED_EMAIL_DOMAINS": "",
     "BLOCKED_EMAIL_DOMAINS": "",
@@ -46,6 +49,15 @@ DEFAULTS: dict[str, str] = {
     "GRAPH_RETRY_DELAYS": "1,2,4,8",
     "GRAPH_MAX_ATTEMPTS": "5",
     "GRAPH_TIMEOUT_SECONDS": "30",
+    # transitive: beta transitiveRoleAssignments (direct and group-held roles, every scope);
+    # direct: v1.0 roleAssignments (direct roles only). docs/graph.md says why.
+    "ROLE_CHECK": "transitive",
+    # How long a reset waits for its own email switch to read back before inviting.
+    "REPLICATION_WAIT_SECONDS": "30",
+    # App-wide invitations per minute (POST /invitations), apart from GRAPH_WRITES_PER_SECOND.
+    "INVITATIONS_PER_MINUTE": "6",
+    # While the invitation breaker is open, a held request looks again this often.
+    "BREAKER_HOLD_SECONDS": "300",
     "CALLBACK_ALLOWED_HOSTS": (
         "*.logic.azure.com,*.azure-apim.net,*.flow.microsoft.com,*.powerautomate.com,*.api.powerplatform.com"
     ),
@@ -93,6 +105,16 @@ class Capability(StrEnum):
 KEY_GRANTABLE = frozenset(Capability) - {Capability.OPERATE}  # operating needs the admin key
 QUEUE_GRANTABLE = frozenset({Capability.SUBMIT, Capability.SWITCH_EMAIL, Capability.MESSAGE_OPTIONS})
 
+# Where a guest lands after redeeming, per cloud (with ?tenantId=): Microsoft's examples use My
+# Apps; docs/deploy.md#national-clouds gives the sources and what is our own reading.
+_MY_APPS = {
+    GraphCloud.GLOBAL: "https://myapps.microsoft.com",
+    GraphCloud.US_GOV: "https://myapps.microsoft.us",
+    GraphCloud.CHINA: "https://myapplications.windowsazure.cn",
+    GraphCloud.EMULATOR: "https://myapps.microsoft.com",
+}
+_GUID_RE = r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"
+ROLE_CHECKS = ("transitive", "direct")
 
 _GRAPH_HOSTS = {
     "graph.microsoft.com": GraphCloud.GLOBAL,
@@ -128,7 +150,7 @@ class Settings:
     graph_base_url: str
     graph_cloud: GraphCloud
     azure_client_id: str | None
-    invite_redirect_url: str
+    invite_redirect_url: str | None
     send_invitation_message: bool
     allowed_email_domains: frozenset[str]
     blocked_email_domains: frozenset[str]
@@ -149,6 +171,11 @@ class Settings:
     max_dequeue_count: int = 5
     bulk_container: str = DEFAULTS["BULK_CONTAINER"]
     bulk_schedule: str = DEFAULTS["BULK_SCHEDULE"]
+    tenant_id: str | None = None
+    role_check: str = DEFAULTS["ROLE_CHECK"]
+    replication_wait_seconds: float = float(DEFAULTS["REPLICATION_WAIT_SECONDS"])
+    invitations_per_minute: float = float(DEFAULTS["INVITATIONS_PER_MINUTE"])
+    breaker_hold_seconds: float = float(DEFAULTS["BREAKER_HOLD_SECONDS"])
 
     @property
     def poison_queue(self) -> str:
@@ -157,6 +184,32 @@ class Settings:
     @property
     def uses_graph_emulator(self) -> bool:
         return self.graph_cloud is GraphCloud.EMULATOR
+
+    @property
+    def graph_beta_url(self) -> str:
+        """The same Graph host's beta root (one documented call, the transitive role check, lives there)."""
+        root, _, _version = self.graph_base_url.rpartition("/")
+        return f"{root}/beta"
+
+    def my_apps_url(self, tenant_id: str | None) -> str:
+        """The default redirect: the cloud's My Apps portal, opened in the tenant when it is known."""
+        base = _MY_APPS[self.graph_cloud]
+        tenant = self.tenant_id or tenant_id
+        return f"{base}?tenantId={tenant}" if tenant else base
+
+    @property
+    def default_redirect(self) -> str:
+        """The redirect a request gets when it names none (the token's tenant is added at send time)."""
+        return self.invite_redirect_url or self.my_apps_url(None)
+
+    @property
+    def redirect_allowlist(self) -> tuple[str, ...]:
+        """Where a request's inviteRedirectUrl may point: REDIRECT_ALLOWED_URLS, else the default redirect.
+
+        The default without AZURE_TENANT_ID is My Apps without a tenant, which admits any
+        ``?tenantId=`` (My Apps itself decides what the guest may open there).
+        """
+        return self.redirect_allowed_urls or (self.default_redirect,)
 
     @property
     def graph_scope(self) -> str:
@@ -312,14 +365,32 @@ def _https_url(reader: _Reader, name: str) -> str:
     return value
 
 
-def _redirect_allowlist(reader: _Reader, default_redirect: str) -> tuple[str, ...]:
-    """Redirect URLs a request may name; empty means the default redirect alone."""
+def _redirect_allowlist(reader: _Reader) -> tuple[str, ...]:
+    """Redirect URLs a request may name; empty: the default redirect alone (Settings.redirect_allowlist)."""
     entries = tuple(u.strip() for u in reader.text("REDIRECT_ALLOWED_URLS").split(",") if u.strip())
     for entry in entries:
         parts = urlsplit(entry)
         if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
             reader.problems.append(f"REDIRECT_ALLOWED_URLS holds {entry!r}, which is not an https URL without userinfo")
-    return entries or (default_redirect,)
+    return entries
+
+
+def _optional_https_url(reader: _Reader, name: str) -> str | None:
+    return _https_url(reader, name) if reader.text(name) else None
+
+
+def _tenant_id(reader: _Reader) -> str | None:
+    value = reader.text("AZURE_TENANT_ID")
+    if value and not re.match(_GUID_RE, value):
+        reader.problems.append(f"AZURE_TENANT_ID={value!r} is not a directory (tenant) id; give its GUID")
+    return value.lower() or None
+
+
+def _choice(reader: _Reader, name: str, choices: tuple[str, ...]) -> str:
+    value = reader.text(name).lower()
+    if value not in choices:
+        reader.problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value
 
 
 def _schedule(reader: _Reader, name: str) -> str:
@@ -369,7 +440,6 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
     allowed_domains = reader.domains("ALLOWED_EMAIL_DOMAINS")
     # The safe default: nobody switches a guest's address to a domain nobody vetted.
     default_grant = frozenset({Capability.SUBMIT} | ({Capability.SWITCH_EMAIL} if allowed_domains else set()))
-    redirect = _https_url(reader, "INVITE_REDIRECT_URL")
     allowed_callers = reader.object_ids("ALLOWED_CALLERS")
     settings = Settings(
         storage=storage,
@@ -379,7 +449,7 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         graph_base_url=graph_url,
         graph_cloud=cloud,
         azure_client_id=env.get("AZURE_CLIENT_ID", "").strip() or None,
-        invite_redirect_url=redirect,
+        invite_redirect_url=_optional_https_url(reader, "INVITE_REDIRECT_URL"),
         send_invitation_message=reader.boolean("SEND_INVITATION_MESSAGE"),
         allowed_email_domains=allowed_domains,
         blocked_email_domains=reader.domains("BLOCKED_EMAIL_DOMAINS"),
@@ -394,13 +464,18 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         require_entra_id=reader.boolean("REQUIRE_ENTRA_ID") or bool(allowed_callers),
         key_capabilities=reader.capabilities("KEY_CAPABILITIES", KEY_GRANTABLE, default_grant),
         queue_capabilities=reader.capabilities("QUEUE_CAPABILITIES", QUEUE_GRANTABLE, default_grant),
-        redirect_allowed_urls=_redirect_allowlist(reader, redirect),
+        redirect_allowed_urls=_redirect_allowlist(reader),
         allow_custom_message_body=reader.boolean("ALLOW_CUSTOM_MESSAGE_BODY"),
         retention_days=int(reader.number("RETENTION_DAYS", minimum=1, maximum=3650)),
         redeem_url_hours=int(reader.number("REDEEM_URL_HOURS", minimum=1, maximum=24 * 30)),
         max_dequeue_count=_max_dequeue_count(env, reader),
         bulk_container=reader.name("BULK_CONTAINER", _CONTAINER_RE, "blob container name (3-63 chars)"),
         bulk_schedule=_schedule(reader, "BULK_SCHEDULE"),
+        tenant_id=_tenant_id(reader),
+        role_check=_choice(reader, "ROLE_CHECK", ROLE_CHECKS),
+        replication_wait_seconds=reader.number("REPLICATION_WAIT_SECONDS", minimum=0, maximum=120),
+        invitations_per_minute=reader.number("INVITATIONS_PER_MINUTE", minimum=0.1, maximum=6000),
+        breaker_hold_seconds=reader.number("BREAKER_HOLD_SECONDS", minimum=1, maximum=86400),
     )
     if reader.problems:
         raise SettingsError(reader.problems)

@@ -39,7 +39,7 @@ def needs(request: ResetRequest, settings: Settings) -> list[Need]:
     found = [Need(Capability.SUBMIT, "(request)")]
     if request.new_email:
         found.append(Need(Capability.SWITCH_EMAIL, "newEmail"))
-    if request.invite_redirect_url and not _same_url(request.invite_redirect_url, settings.invite_redirect_url):
+    if request.invite_redirect_url and not _same_url(request.invite_redirect_url, settings.default_redirect):
         found.append(Need(Capability.MESSAGE_OPTIONS, "inviteRedirectUrl"))
     if request.cc_recipients:
         found.append(Need(Capability.MESSAGE_OPTIONS, "ccRecipients"))

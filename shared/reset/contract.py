@@ -158,7 +158,10 @@ class ResetOutcome(BaseModel):
     )
 
     request_id: str
-    status: str = Field(description="Accepted, Processing, Succeeded, Failed or DryRunPassed.")
+    status: str = Field(
+        description="Accepted, Processing, Held (waiting for the invitation breaker to close), Succeeded, Failed "
+        "or DryRunPassed."
+    )
     attempts: int = 0
     created_at: str | None = None
     updated_at: str | None = None

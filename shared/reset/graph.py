@@ -68,6 +68,28 @@ class GuestUser:
 
 
 @dataclass(frozen=True)
+class RoleAssignment:
+    """A Microsoft Entra role the user holds, directly or through a role-assignable group."""
+
+    role_definition_id: str
+    directory_scope_id: str
+    principal_id: str
+
+    def describe(self, user_id: str) -> str:
+        scope = "tenant-wide" if self.directory_scope_id in ("/", "") else f"at scope {self.directory_scope_id}"
+        held = "" if self.principal_id.lower() == user_id.lower() else f" through group {self.principal_id}"
+        return f"role {self.role_definition_id} {scope}{held}"
+
+    @classmethod
+    def from_graph(cls, data: dict[str, Any]) -> RoleAssignment:
+        return cls(
+            role_definition_id=str(data.get("roleDefinitionId") or ""),
+            directory_scope_id=str(data.get("directoryScopeId") or "/"),
+            principal_id=str(data.get("principalId") or ""),
+        )
+
+
+@dataclass(frozen=True)
 class SentInvitation:
     """Graph's answer to the reset invitation (the redeem URL is a secret: never log it)."""
 
@@ -91,11 +113,13 @@ class InvitationBody:
     custom_body: str | None = None
 
     @classmethod
-    def for_request(cls, request: ResetRequest, user: GuestUser, email: str, settings: Settings) -> InvitationBody:
+    def for_request(
+        cls, request: ResetRequest, user: GuestUser, email: str, settings: Settings, *, default_redirect: str
+    ) -> InvitationBody:
         return cls(
             user_id=user.id,
             email=email,
-            redirect_url=request.invite_redirect_url or settings.invite_redirect_url,
+            redirect_url=request.invite_redirect_url or settings.invite_redirect_url or default_redirect,
             send_message=(
                 request.send_invitation_message
                 if request.send_invitation_message is not None
@@ -139,8 +163,19 @@ class GraphGateway(Protocol):
         """Every user whose mail, otherMails or proxyAddresses holds ``email``."""
         ...
 
-    async def directory_roles(self, user_id: str) -> list[str]:
-        """Display names of the directory roles the user holds."""
+    async def role_assignments(self, user_id: str) -> list[RoleAssignment]:
+        """The Microsoft Entra roles the user holds, at any scope (ROLE_CHECK says whether group-held count)."""
+        ...
+
+    async def wait_for_address(self, user_id: str, email: str, *, within: float) -> bool:
+        """Read the user until ``email`` shows in mail or otherMails (our own PATCH replicating).
+
+        Bounded: gives up after ``within`` seconds and says whether the address showed.
+        """
+        ...
+
+    async def tenant_id(self) -> str | None:
+        """The directory the app works in, from its Graph token (``tid``); None for the emulator."""
         ...
 
     async def set_sign_in_email(self, user: GuestUser, email: str) -> None:

@@ -20,6 +20,8 @@ The same check runs when a redelivered message finds an earlier attempt that rea
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import re
 import time
@@ -31,8 +33,11 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from shared.platform.errors import (
+    ROLE_CALL,
+    USER_CALL,
     AmbiguousOutcomeError,
     AmbiguousUserError,
+    GraphCall,
     ResetError,
     TransientError,
     UserNotFoundError,
@@ -40,7 +45,7 @@ from shared.platform.errors import (
 )
 from shared.platform.logs import app_logger, mask_email
 from shared.platform.settings import Settings
-from shared.reset.graph import USER_SELECT, GuestUser, InvitationBody, SentInvitation
+from shared.reset.graph import USER_SELECT, GuestUser, InvitationBody, RoleAssignment, SentInvitation
 from shared.reset.throttle import RetryPolicy, WriteBudget, call_with_retries
 
 if TYPE_CHECKING:
@@ -50,6 +55,11 @@ if TYPE_CHECKING:
 log = app_logger()
 
 CLOCK_SKEW = timedelta(seconds=5)
+# Reads while waiting for our own email switch to replicate: first after this many seconds,
+# then twice as long each time, at most READ_BACK_MAX_INTERVAL apart.
+READ_BACK_FIRST_INTERVAL = 0.5
+READ_BACK_MAX_INTERVAL = 5.0
+ROLE_SELECT = "id,principalId,roleDefinitionId,directoryScopeId"
 # Statuses after which a write may have been applied although we got an error.
 _AMBIGUOUS_STATUSES = {500, 502, 504}
 
@@ -99,6 +109,17 @@ def expand_template(template: str, path: Mapping[str, str], query: Mapping[str, 
     return f"{url}?{'&'.join(pairs)}" if pairs else url
 
 
+def token_tenant(token: str) -> str | None:
+    """The ``tid`` claim of an access token (read, not verified: Entra issued it to us just now)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    tenant = claims.get("tid") if isinstance(claims, dict) else None
+    return tenant if isinstance(tenant, str) and tenant else None
+
+
 def make_credential(settings: Settings) -> Any:
     """The credential for Graph tokens: a placeholder for the emulator, else DefaultAzureCredential.
 
@@ -131,6 +152,7 @@ class SdkGraphGateway:
         self._policy = policy
         self._credential = credential
         self._adapter: RequestAdapter | None = None
+        self._tenant_id: str | None = None
 
     def _request_adapter(self) -> RequestAdapter:
         if self._adapter is None:
@@ -182,8 +204,14 @@ class SdkGraphGateway:
         query: dict[str, Any] | None = None,
         body: dict[str, Any] | None = None,
         advanced_query: bool = False,
+        base_url: str | None = None,
+        call: GraphCall | None = None,
     ) -> tuple[Any, str | None]:
-        """One Graph call through the SDK adapter; returns (parsed JSON, request-id) or raises ours."""
+        """One Graph call through the SDK adapter; returns (parsed JSON, request-id) or raises ours.
+
+        ``advanced_query`` sends ``ConsistencyLevel: eventual``: only for the calls Graph serves
+        from its eventually consistent index alone (docs/graph.md), never for plain filters.
+        """
         from kiota_abstractions.method import Method
         from kiota_abstractions.native_response_handler import NativeResponseHandler
         from kiota_abstractions.request_information import RequestInformation
@@ -191,7 +219,7 @@ class SdkGraphGateway:
 
         adapter = self._request_adapter()
         info = RequestInformation(Method[method])
-        info.url = self._settings.graph_base_url + expand_template(template, path or {}, query or {})
+        info.url = (base_url or self._settings.graph_base_url) + expand_template(template, path or {}, query or {})
         info.headers.add("Accept", "application/json")
         if advanced_query:
             info.headers.add("ConsistencyLevel", "eventual")
@@ -224,7 +252,7 @@ class SdkGraphGateway:
             except ValueError:
                 parsed = None
         if response.status_code >= 400:
-            error = classify_graph_response(response.status_code, parsed, response.headers)
+            error = classify_graph_response(response.status_code, parsed, response.headers, call=call)
             if write and response.status_code in _AMBIGUOUS_STATUSES:
                 raise AmbiguousOutcomeError(
                     error.message,
@@ -248,20 +276,19 @@ class SdkGraphGateway:
             "reading the user",
             path={"id": user_id},
             query={"%24select": ",".join(USER_SELECT)},
+            call=USER_CALL,
         )
         return GuestUser.from_graph(data)
 
     async def _list_users(self, odata_filter: str, top: int, what: str) -> list[GuestUser]:
+        # mail, userPrincipalName, otherMails/any and proxyAddresses/any with eq are filters Graph
+        # serves by default: no ConsistencyLevel/$count, so the read is not from the lagging
+        # advanced-query index and sees a change made seconds ago (docs/graph.md).
         data = await self._read(
-            "/users{?%24count,%24filter,%24select,%24top}",
+            "/users{?%24filter,%24select,%24top}",
             what,
-            query={
-                "%24filter": odata_filter,
-                "%24select": ",".join(USER_SELECT),
-                "%24count": "true",
-                "%24top": top,
-            },
-            advanced_query=True,
+            query={"%24filter": odata_filter, "%24select": ",".join(USER_SELECT), "%24top": top},
+            call=USER_CALL,
         )
         return [GuestUser.from_graph(item) for item in data.get("value", [])]
 
@@ -292,14 +319,51 @@ class SdkGraphGateway:
             "checking who owns the new email",
         )
 
-    async def directory_roles(self, user_id: str) -> list[str]:
-        data = await self._read(
-            "/users/{id}/memberOf/microsoft.graph.directoryRole{?%24select}",
-            "reading the user's directory roles",
-            path={"id": user_id},
-            query={"%24select": "id,displayName"},
-        )
-        return [str(role.get("displayName") or role.get("id")) for role in data.get("value", [])]
+    async def role_assignments(self, user_id: str) -> list[RoleAssignment]:
+        # One page is enough: any assignment at all refuses the reset.
+        query = {"%24filter": f"principalId eq {_odata_quote(user_id)}", "%24select": ROLE_SELECT}
+        if self._settings.role_check == "transitive":
+            # Beta only; Graph requires ConsistencyLevel, $count and $filter here (404 without them).
+            data = await self._read(
+                "/roleManagement/directory/transitiveRoleAssignments{?%24count,%24filter,%24select}",
+                "reading the user's role assignments (direct and through groups)",
+                query={**query, "%24count": "true"},
+                advanced_query=True,
+                base_url=self._settings.graph_beta_url,
+                call=ROLE_CALL,
+            )
+        else:
+            data = await self._read(
+                "/roleManagement/directory/roleAssignments{?%24filter,%24select}",
+                "reading the user's role assignments",
+                query=query,
+                call=ROLE_CALL,
+            )
+        return [RoleAssignment.from_graph(item) for item in data.get("value", [])]
+
+    async def wait_for_address(self, user_id: str, email: str, *, within: float) -> bool:
+        deadline = time.monotonic() + within
+        interval = READ_BACK_FIRST_INTERVAL
+        reads = 0
+        while True:
+            reads += 1
+            if (await self.read_user(user_id)).owns_address(email):
+                if reads > 1:
+                    log.info("the new email read back after %d reads", reads)
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(interval, left))
+            interval = min(interval * 2, READ_BACK_MAX_INTERVAL)
+
+    async def tenant_id(self) -> str | None:
+        if self._tenant_id is None and not self._settings.uses_graph_emulator:
+            self._request_adapter()  # builds the credential
+            credential: Any = self._credential
+            token = await credential.get_token(self._settings.graph_scope)
+            self._tenant_id = token_tenant(token.token)
+        return self._tenant_id
 
     async def set_sign_in_email(self, user: GuestUser, email: str) -> None:
         others = list(user.other_mails)
@@ -307,7 +371,9 @@ class SdkGraphGateway:
             others.append(email)
 
         async def attempt() -> None:
-            await self._send("PATCH", "/users/{id}", path={"id": user.id}, body={"mail": email, "otherMails": others})
+            await self._send(
+                "PATCH", "/users/{id}", path={"id": user.id}, body={"mail": email, "otherMails": others}, call=USER_CALL
+            )
 
         # PATCH sets absolute values, so re-sending it after an ambiguous failure is harmless.
         await call_with_retries(attempt, policy=self._policy, budget=self._budget, what="setting the sign-in email")

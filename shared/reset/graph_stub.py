@@ -6,7 +6,10 @@ leaves out on purpose is the SDK adapter's in-process retrying: a scripted failu
 caller as the adapter would raise it once its retries are spent, so one rule exercises the
 service's and the worker's decisions without waiting. ``call_with_retries`` is tested on its own.
 Not modelled either: address syntax checks (the contract validates addresses first) and Graph's
-replication lag (the emulator's stale reads).
+replication lag (the emulator's stale reads and replication lag; here a scripted mismatch 400
+stands for it). Roles are role assignments: a user's own (any scope) and those of the
+role-assignable groups it belongs to (``add_role_group``); ``role_check`` says whether the
+gateway reports the group-held ones, as ``ROLE_CHECK`` does for the SDK adapter.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from shared.platform.errors import (
 )
 from shared.platform.logs import mask_email
 from shared.platform.scripted import ErrorSource, FailureScript
-from shared.reset.graph import USER_SELECT, GuestUser, InvitationBody, SentInvitation
+from shared.reset.graph import USER_SELECT, GuestUser, InvitationBody, RoleAssignment, SentInvitation
 from shared.reset.graph_sdk import _AMBIGUOUS_STATUSES as AMBIGUOUS_STATUSES
 from shared.reset.graph_sdk import CLOCK_SKEW
 
@@ -39,7 +42,8 @@ T = TypeVar("T")
 HTTP_METHODS: dict[str, str] = {
     "find_user": "GET",
     "users_owning_email": "GET",
-    "directory_roles": "GET",
+    "role_assignments": "GET",
+    "wait_for_address": "GET",
     "set_sign_in_email": "PATCH",
     "reset_redemption": "POST",
     "read_user": "GET",
@@ -127,7 +131,7 @@ class DirectoryUser:
     external_user_state: str | None = None
     external_user_state_changed_at: datetime | None = None
     proxy_addresses: list[str] = field(default_factory=list)
-    directory_roles: list[str] = field(default_factory=list)
+    role_assignments: list[RoleAssignment] = field(default_factory=list)  # held directly, any scope
     invitations: list[StubInvitation] = field(default_factory=list)
 
     def to_graph(self) -> dict[str, Any]:
@@ -159,7 +163,7 @@ class DirectoryUser:
 
     @classmethod
     def from_graph(cls, data: Mapping[str, Any]) -> DirectoryUser:
-        """A user in Graph's JSON, as the emulator's fixture holds it (``_directoryRoles`` included)."""
+        """A user in Graph's JSON, as the emulator's fixture holds it (its roles come with ``load_fixture``)."""
         changed = data.get("externalUserStateChangeDateTime")
         return cls(
             id=str(data["id"]),
@@ -171,7 +175,6 @@ class DirectoryUser:
             external_user_state=data.get("externalUserState"),
             external_user_state_changed_at=datetime.fromisoformat(changed.replace("Z", "+00:00")) if changed else None,
             proxy_addresses=list(data.get("proxyAddresses") or ()),
-            directory_roles=[str(r.get("displayName") or r.get("id")) for r in data.get("_directoryRoles") or ()],
         )
 
 
@@ -197,9 +200,20 @@ class StubGraphGateway:
     failures then come with it.
     """
 
-    def __init__(self, users: Iterable[DirectoryUser] = (), *, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self,
+        users: Iterable[DirectoryUser] = (),
+        *,
+        clock: Callable[[], datetime] = _now,
+        role_check: str = "transitive",
+        tenant: str | None = None,
+    ) -> None:
         self._users: dict[str, DirectoryUser] = {}
         self._clock = clock
+        self.role_check = role_check
+        self.tenant = tenant
+        # Role-assignable groups: id -> (member ids, the group's role assignments).
+        self._role_groups: dict[str, tuple[set[str], list[RoleAssignment]]] = {}
         self.calls: list[GraphCall] = []
         self.invitations: list[StubInvitation] = []  # every reset invitation accepted, in order
         self.failures = FailureScript(HTTP_METHODS, writes=WRITES)
@@ -216,6 +230,26 @@ class StubGraphGateway:
 
     def add_graph_user(self, data: Mapping[str, Any]) -> DirectoryUser:
         return self.add_user(DirectoryUser.from_graph(data))
+
+    def add_role_group(self, group_id: str, members: Iterable[str], roles: Iterable[RoleAssignment]) -> None:
+        """A role-assignable group: its members hold its roles (role-assignable groups hold no groups)."""
+        self._role_groups[group_id.lower()] = ({m.lower() for m in members}, list(roles))
+
+    def load_fixture(self, data: Mapping[str, Any]) -> None:
+        """The emulator's fixture (users, role-assignable groups, role assignments), as the emulator loads it."""
+        for user in data.get("users") or ():
+            self.add_graph_user(user)
+        assignments = [
+            (str(a["principalId"]).lower(), RoleAssignment.from_graph(a)) for a in data.get("roleAssignments") or ()
+        ]
+        for principal, assignment in assignments:
+            if principal in self._users:
+                self._users[principal].role_assignments.append(assignment)
+        for group in data.get("groups") or ():
+            if group.get("isAssignableToRole"):
+                gid = str(group["id"]).lower()
+                roles = [a for principal, a in assignments if principal == gid]
+                self.add_role_group(gid, group.get("members") or (), roles)
 
     def user(self, key: str) -> DirectoryUser:
         """The stored user by id or UPN (KeyError if none): inspect or change it in a test."""
@@ -292,10 +326,19 @@ class StubGraphGateway:
     async def users_owning_email(self, email: str) -> list[GuestUser]:
         return await self._call("users_owning_email", lambda: self._owners(email), email=email)
 
-    async def directory_roles(self, user_id: str) -> list[str]:
+    async def role_assignments(self, user_id: str) -> list[RoleAssignment]:
+        transitive = self.role_check == "transitive"
         return await self._call(
-            "directory_roles", lambda: list(self._require(user_id).directory_roles), user_id=user_id
+            "role_assignments", lambda: self._roles(user_id, transitive=transitive), user_id=user_id
         )
+
+    async def wait_for_address(self, user_id: str, email: str, *, within: float) -> bool:
+        return await self._call(
+            "wait_for_address", lambda: self._require(user_id).owns(email), user_id=user_id, email=email
+        )
+
+    async def tenant_id(self) -> str | None:
+        return self.tenant
 
     async def set_sign_in_email(self, user: GuestUser, email: str) -> None:
         await self._call("set_sign_in_email", lambda: self._patch_mail(user, email), user=user, email=email)
@@ -330,6 +373,18 @@ class StubGraphGateway:
     @staticmethod
     def _graph_error(status: int, code: str, message: str) -> ResetError:
         return graph_failure(status, write=False, graph_code=code, message=message)
+
+    def _roles(self, user_id: str, *, transitive: bool) -> list[RoleAssignment]:
+        """Role assignments filtered on principalId: an unknown principal has none (no 404)."""
+        user = self._find(user_id)
+        if user is None:
+            return []
+        held = list(user.role_assignments)
+        if transitive:
+            for members, roles in self._role_groups.values():
+                if user.id.lower() in members:
+                    held.extend(roles)
+        return held
 
     def _find_user(self, user_id: str | None, upn: str | None, email: str | None) -> GuestUser:
         if user_id or upn:
@@ -384,8 +439,8 @@ class StubGraphGateway:
             raise self._graph_error(400, "BadRequest", ONE_CC)
         if not stored.owns(body.email):
             raise self._graph_error(400, "BadRequest", EMAIL_MISMATCH)
-        if stored.directory_roles:
-            # App-only calls cannot reset a user who holds any directory role.
+        if self._roles(stored.id, transitive=True):
+            # App-only calls cannot reset a user who holds any role, however it holds it.
             raise self._graph_error(403, "Authorization_RequestDenied", PRIVILEGES)
         now = self._clock()
         invitation = StubInvitation(

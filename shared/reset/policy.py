@@ -14,7 +14,7 @@ from shared.platform.errors import PolicyRefusedError
 from shared.platform.logs import mask_email
 from shared.platform.settings import Settings
 from shared.reset.contract import ResetRequest
-from shared.reset.graph import GuestUser
+from shared.reset.graph import GuestUser, RoleAssignment
 
 # Wording fixed by issue 12 (the Entra troubleshooting page says why: app-sent invitations omit it).
 CUSTOM_BODY_DROPPED = "customizedMessageBody is dropped by Graph for app-only invitations; " + (
@@ -87,9 +87,7 @@ def request_refusals(request: ResetRequest, settings: Settings) -> list[Refusal]
         refusal = email_domain_refusal(address, settings, field) if address else None
         if refusal is not None:
             found.append(refusal)
-    if request.invite_redirect_url and not redirect_allowed(
-        request.invite_redirect_url, settings.redirect_allowed_urls
-    ):
+    if request.invite_redirect_url and not redirect_allowed(request.invite_redirect_url, settings.redirect_allowlist):
         found.append(
             Refusal(
                 "inviteRedirectUrl",
@@ -141,11 +139,43 @@ def check_email_owners(email: str, user: GuestUser, owners: list[GuestUser]) -> 
         )
 
 
-def check_directory_roles(user: GuestUser, roles: list[str]) -> None:
-    """App-only resets cannot touch users who hold directory roles: say so before Graph does."""
-    if roles:
+def choose_target(request: ResetRequest, user: GuestUser) -> str:
+    """The address the guest will redeem with; Graph accepts mail or any otherMails entry.
+
+    In order: ``newEmail``; the address the request found the guest by, when the guest holds
+    it; ``mail``; the only ``otherMails`` entry. A guest created while a contact held its
+    address has no ``mail`` (docs/graph.md), so several otherMails entries are refused rather
+    than guessed.
+    """
+    if request.new_email:
+        return request.new_email
+    if request.email and user.owns_address(request.email):
+        return request.email
+    if user.mail:
+        return user.mail
+    distinct: dict[str, str] = {}
+    for address in user.other_mails:
+        distinct.setdefault(address.lower(), address)
+    others = list(distinct.values())
+    if len(others) == 1:
+        return others[0]
+    if others:
         raise PolicyRefusedError(
-            f"user {user.id} holds directory role(s) {', '.join(sorted(roles))}; an app cannot "
-            "reset it. Remove the roles or reset it in the admin center as a User Administrator",
+            f"user {user.id} has no mail and {len(others)} otherMails addresses; say which one the guest "
+            "redeems with: name the user by email (that address) or give newEmail",
+            code="AmbiguousTargetEmail",
+        )
+    raise PolicyRefusedError(
+        f"user {user.id} has no mail and no otherMails to invite; give newEmail", code="NoEmailOnUser"
+    )
+
+
+def check_role_assignments(user: GuestUser, assignments: list[RoleAssignment]) -> None:
+    """App-only resets cannot touch users who hold Microsoft Entra roles: say so before Graph does."""
+    if assignments:
+        held = "; ".join(sorted({a.describe(user.id) for a in assignments}))
+        raise PolicyRefusedError(
+            f"user {user.id} holds Microsoft Entra role(s): {held}; an app cannot reset it. Remove the "
+            "role assignments or reset it in the admin center as a Helpdesk or User Administrator",
             code="TargetHasDirectoryRoles",
         )

@@ -27,12 +27,12 @@ class Publisher:
             with contextlib.suppress(ResourceExistsError):
                 await queue.create_queue()
 
-    async def _send(self, queue: QueueClient, payload: dict[str, Any] | str) -> None:
+    async def _send(self, queue: QueueClient, payload: dict[str, Any] | str, *, delay: float = 0) -> None:
         from azure.core.exceptions import AzureError
 
         text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
         try:
-            await queue.send_message(text)
+            await queue.send_message(text, visibility_timeout=int(delay) or None)
         except AzureError as error:
             raise TransientError(
                 f"queue {queue.queue_name} unavailable: {type(error).__name__}", code="StorageUnavailable"
@@ -44,8 +44,9 @@ class Publisher:
     async def send_poison(self, envelope: dict[str, Any]) -> None:
         await self._send(self._poison, envelope)
 
-    async def send_request(self, body: dict[str, Any] | str) -> None:
-        await self._send(self._requests, body)
+    async def send_request(self, body: dict[str, Any] | str, *, delay: float = 0) -> None:
+        """Enqueue a request; ``delay`` seconds keeps it invisible that long (a deferred delivery)."""
+        await self._send(self._requests, body, delay=delay)
 
     async def aclose(self) -> None:
         for queue in (self._results, self._poison, self._requests):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from shared.platform.logs import configure_logging
 from shared.platform.settings import Settings, get_settings
+from shared.reset.breaker import GateStore, InvitationGate
 from shared.reset.graph import GraphGateway
 from shared.reset.queues import Publisher
 from shared.reset.status import StatusStore
@@ -30,11 +31,13 @@ class Runtime:
     graph: GraphGateway
     status: StatusStore
     publisher: Publisher
+    gate: InvitationGate
 
     async def aclose(self) -> None:
         await self.graph.aclose()
         await self.status.aclose()
         await self.publisher.aclose()
+        await self.gate.store.aclose()
 
 
 # One budget per process: every concurrent reset in this worker shares it.
@@ -62,6 +65,7 @@ async def build_runtime(settings: Settings) -> Runtime:
             poison=queue_client(settings.storage, settings.poison_queue),
             requests=queue_client(settings.storage, settings.request_queue),
         ),
+        gate=InvitationGate(GateStore(table_client(settings.storage, settings.status_table)), settings),
     )
     await runtime.status.ensure()
     await runtime.publisher.ensure()
@@ -84,15 +88,18 @@ def stub_runtime(
     from shared.platform.storage_stub import MemoryQueue, MemoryTable
     from shared.reset.graph_stub import StubGraphGateway
 
+    table = table or MemoryTable(settings.status_table)
     return Runtime(
         settings=settings,
-        graph=graph or StubGraphGateway(),
-        status=StatusStore(table or MemoryTable(settings.status_table)),
+        graph=graph or StubGraphGateway(role_check=settings.role_check),
+        status=StatusStore(table),
         publisher=Publisher(
             results=results or MemoryQueue(settings.result_queue),
             poison=poison or MemoryQueue(settings.poison_queue),
             requests=requests or MemoryQueue(settings.request_queue),
         ),
+        # The breaker's and the pacer's entities live in the same (in-memory) status table.
+        gate=InvitationGate(GateStore(table), settings),
     )
 
 

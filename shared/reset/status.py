@@ -37,6 +37,8 @@ class Status(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     DRY_RUN_PASSED = "DryRunPassed"
+    # Waiting for the invitation breaker to close (shared.reset.breaker); not an outcome.
+    HELD = "Held"
 
     @property
     def terminal(self) -> bool:
@@ -85,6 +87,7 @@ class StatusRecord:
     redeem_url: str | None = None
     phase: str | None = None
     invite_started_at: datetime | None = None
+    invite_slot: datetime | None = None
     lease_owner: str | None = None
     lease_until: datetime | None = None
     message_hash: str | None = None

@@ -12,9 +12,10 @@ import json
 import uuid
 from typing import Any
 
-from shared.platform.errors import InvalidRequestError, ResetError
+from shared.platform.errors import HoldError, InvalidRequestError, ResetError
 from shared.platform.logs import app_logger, bind, bind_request, mask_email, mask_url_secrets, redact, redacted
 from shared.reset import capabilities, policy
+from shared.reset.breaker import hold_delivery
 from shared.reset.callbacks import callback_allowed, notify
 from shared.reset.contract import (
     load_json_object,
@@ -121,7 +122,10 @@ async def _deliver(body: bytes, *, message_id: str, dequeue_count: int) -> None:
         granted, channel = capabilities.grant_for(record, body, runtime.settings)
         capabilities.require(request, granted, runtime.settings, channel=channel)
         policy.check_request(request, runtime.settings)
-        final = await ResetService(runtime.settings, runtime.graph, runtime.status).run(request, record)
+        final = await ResetService(runtime.settings, runtime.graph, runtime.status, runtime.gate).run(request, record)
+    except HoldError as error:
+        await hold_delivery(runtime, request, request_id, error)
+        return
     except ResetError as error:
         await _fail(runtime, body, record, error, dequeue_count)
         return

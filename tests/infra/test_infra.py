@@ -500,8 +500,12 @@ def test_people_get_blob_access_only_on_the_bulk_container() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_graph_permission_is_user_readwrite_all_behind_a_bool_parameter() -> None:
-    """The identity gets Graph's User.ReadWrite.All, and only when grantGraphPermission is true."""
+GRAPH_PERMISSIONS = ("User.ReadWrite.All", "RoleManagement.Read.Directory")
+
+
+def test_graph_permissions_are_granted_behind_a_bool_parameter() -> None:
+    """The identity gets Graph's User.ReadWrite.All and RoleManagement.Read.Directory, only when
+    grantGraphPermission is true."""
     grant_parameter = parameter(MAIN, "grantGraphPermission")
     assert grant_parameter["type"] == "bool"
     assert grant_parameter["default"] is False
@@ -529,18 +533,20 @@ def test_graph_permission_is_user_readwrite_all_behind_a_bool_parameter() -> Non
     assert config["extensions"]["microsoftGraphV1"].startswith(
         "br:mcr.microsoft.com/bicep/extensions/microsoftgraph/v1.0:"
     )
-    assert re.search(r"(?m)^var appRoleValue = 'User\.ReadWrite\.All'$", code(GRAPH_PERMISSION))
+    values = re.search(r"(?ms)^var appRoleValues = \[(.*?)^\]$", code(GRAPH_PERMISSION))
+    assert values is not None and re.findall(r"'([^']+)'", values.group(1)) == list(GRAPH_PERMISSIONS)
     assert re.search(r"(?m)^var graphAppId = '00000003-0000-0000-c000-000000000000'$", code(GRAPH_PERMISSION))
     (assignment,) = resources_of(GRAPH_PERMISSION, "Microsoft.Graph/appRoleAssignedTo").values()
+    assert body(assignment) is not assignment["config"], "one assignment per permission (a for loop)"
     assert set(body(assignment)) == {"resourceId", "appRoleId", "principalId"}
     assert body(assignment)["principalId"] == "principalId"
 
 
 def test_no_other_graph_permission_is_named() -> None:
-    """User.ReadWrite.All is the only Graph permission the infra or the grant script mentions."""
-    permission = re.compile(r"\b[A-Z][A-Za-z]+\.[A-Z][A-Za-z]+(?:\.[A-Z][A-Za-z]+)*\.All\b")
+    """The app's two permissions are the only Graph permissions the infra or the grant script name."""
+    permission = re.compile(r"\b[A-Z][A-Za-z]+\.[A-Z][A-Za-z]+(?:\.[A-Z][A-Za-z]+)*\.(?:All|Directory)\b")
     for path in [*BICEP_FILES, GRANT_SCRIPT]:
-        assert set(permission.findall(code(path))) <= {"User.ReadWrite.All"}, path.name
+        assert set(permission.findall(code(path))) <= set(GRAPH_PERMISSIONS), path.name
 
 
 def test_app_service_auth_is_optional_behind_a_bool_parameter() -> None:
@@ -637,12 +643,12 @@ def run_grant_script(tmp_path: Path, existing: str, *args: str) -> tuple[int, li
     return result.returncode, calls
 
 
-def test_grant_script_posts_the_app_role_once_when_missing(tmp_path: Path) -> None:
-    """Without an existing grant, the script posts one appRoleAssignedTo for User.ReadWrite.All."""
+def test_grant_script_posts_each_app_role_once_when_missing(tmp_path: Path) -> None:
+    """Without existing grants, the script posts one appRoleAssignedTo per permission the app needs."""
     code_, calls = run_grant_script(tmp_path, "", "--principal-id", PRINCIPAL)
     assert code_ == 0
     posts = [call for call in calls if call[:3] == ["rest", "--method", "POST"]]
-    assert len(posts) == 1
+    assert len(posts) == len(GRAPH_PERMISSIONS)
     post = posts[0]
     assert post[post.index("--url") + 1] == (
         "https://graph.microsoft.com/v1.0/servicePrincipals/graph-sp-id/appRoleAssignedTo"
@@ -652,8 +658,9 @@ def test_grant_script_posts_the_app_role_once_when_missing(tmp_path: Path) -> No
         "resourceId": "graph-sp-id",
         "appRoleId": "role-id",
     }
-    role_query = next(call for call in calls if call[:3] == ["ad", "sp", "show"] and "id" not in call)
-    assert "appRoles[?value=='User.ReadWrite.All'" in " ".join(role_query)
+    role_queries = " ".join(" ".join(call) for call in calls if call[:3] == ["ad", "sp", "show"])
+    for permission in GRAPH_PERMISSIONS:
+        assert f"appRoles[?value=='{permission}'" in role_queries
 
 
 def test_grant_script_is_idempotent(tmp_path: Path) -> None:

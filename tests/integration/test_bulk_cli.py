@@ -18,8 +18,10 @@ from azure.storage.queue.aio import QueueClient
 from shared.bulk.enqueue import CHUNK_ROWS, FileProgress, FileState, save_progress
 from shared.platform import storage
 from shared.platform.errors import TransientError
+from shared.reset.breaker import InvitationGate
 from shared.reset.queues import Publisher
 from shared.reset.runtime import get_runtime
+from shared.reset.status import StatusRecord, StatusStore
 from tests.factories import isolated_env
 from tests.integration.support import ADELE, LEE, MEGAN, App
 from tools.azurite import AzuriteEndpoints
@@ -312,9 +314,15 @@ async def test_two_thousand_rows_round_trip_to_a_full_report(
     sent: list[str] = []
     send = Publisher.send_request
 
-    async def recording(self: Publisher, body: dict[str, Any] | str) -> None:
-        await send(self, body)
+    async def recording(self: Publisher, body: dict[str, Any] | str, *, delay: float = 0) -> None:
+        await send(self, body, delay=delay)
         sent.append(str(body))
+
+    async def unpaced(self: InvitationGate, record: StatusRecord, status: StatusStore) -> StatusRecord:
+        return record
+
+    # This test measures the pipeline at bulk scale; the invitation pace has tests of its own.
+    monkeypatch.setattr(InvitationGate, "pace", unpaced)
 
     monkeypatch.setattr(Publisher, "send_request", recording)
     path = csv_of([guest_id(i) for i in range(count)], tmp_path / "many.csv")

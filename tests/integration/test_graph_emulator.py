@@ -22,12 +22,17 @@ from tools.graph_emulator.runner import EmulatorHandle, running_emulator
 
 ADELE = "5e0c1d2a-0001-4a5b-9c3d-000000000001"
 ADELE_UPN = "adele.vance_contoso.com#EXT#@fabrikam.onmicrosoft.com"
+LEE = "5e0c1d2a-0008-4a5b-9c3d-000000000008"
 BRIAN = "5e0c1d2a-0002-4a5b-9c3d-000000000002"
 MEGAN = "5e0c1d2a-0003-4a5b-9c3d-000000000003"
 ROLF = "5e0c1d2a-0004-4a5b-9c3d-000000000004"
 TAKEN_OWNER = "5e0c1d2a-0005-4a5b-9c3d-000000000005"
 SHARED_A = "5e0c1d2a-0006-4a5b-9c3d-000000000006"
 SHARED_B = "5e0c1d2a-0007-4a5b-9c3d-000000000007"
+GAIL = "5e0c1d2a-0012-4a5b-9c3d-000000000012"  # Helpdesk Administrator through a role-assignable group
+URSULA = "5e0c1d2a-0013-4a5b-9c3d-000000000013"  # custom role scoped to an administrative unit
+HELPDESK_GROUP = "9a0b1c2d-0001-4e5f-8a9b-00000000a001"
+FIXTURE_USERS = 15
 PLACEHOLDER = "placeholder-token"
 
 
@@ -239,17 +244,14 @@ def test_filter_by_mail_is_case_insensitive(graph: httpx.Client) -> None:
     assert [u["id"] for u in response.json()["value"]] == [ADELE, "5e0c1d2a-0008-4a5b-9c3d-000000000008"]
 
 
-def test_other_mails_filter_requires_advanced_query(graph: httpx.Client) -> None:
-    """otherMails/any without ConsistencyLevel or $count is Request_UnsupportedQuery."""
-    params = {"$filter": "otherMails/any(m:m eq 'shared@northwind.example')"}
-    without_header = graph.get("/users", params={**params, "$count": "true"})
-    without_count = graph.get("/users", params=params, headers={"ConsistencyLevel": "eventual"})
-    for response in (without_header, without_count):
-        assert response.status_code == 400
-        assert error_of(response)["code"] == "Request_UnsupportedQuery"
-        assert error_of(response)["message"] == (
-            "Unsupported or invalid query filter clause specified for property 'otherMails' of resource 'User'."
-        )
+def test_other_mails_and_proxy_address_filters_need_no_advanced_query(graph: httpx.Client) -> None:
+    """otherMails/any and proxyAddresses/any with eq are default filters: no ConsistencyLevel or $count."""
+    shared = graph.get("/users", params={"$filter": "otherMails/any(m:m eq 'shared@northwind.example')"})
+    assert shared.status_code == 200
+    assert [u["id"] for u in shared.json()["value"]] == [SHARED_A, SHARED_B]
+    assert "@odata.count" not in shared.json()
+    taken = graph.get("/users", params={"$filter": "proxyAddresses/any(x:x eq 'smtp:taken@contoso.com')"})
+    assert [u["id"] for u in taken.json()["value"]] == [TAKEN_OWNER]
 
 
 def test_proxy_addresses_filter_with_advanced_query(graph: httpx.Client) -> None:
@@ -273,30 +275,68 @@ def test_unparseable_filter_is_bad_request(graph: httpx.Client) -> None:
 
 def test_top_pages_with_next_link(graph: httpx.Client) -> None:
     """$top limits a page and @odata.nextLink fetches the rest in directory order."""
-    first = graph.get("/users", params={"$top": "7", "$select": "id"}).json()
+    first = graph.get("/users", params={"$top": "8", "$select": "id"}).json()
     second = graph.get(first["@odata.nextLink"]).json()
     ids = [u["id"] for u in first["value"] + second["value"]]
-    assert len(first["value"]) == 7 and len(ids) == 11 and ids[0] == ADELE
+    assert len(first["value"]) == 8 and len(ids) == FIXTURE_USERS and ids[0] == ADELE
     assert "@odata.nextLink" not in second
 
 
-def test_directory_roles_of_user(graph: httpx.Client) -> None:
-    """memberOf/microsoft.graph.directoryRole lists the fixture's roles; a guest has none."""
-    roles = graph.get(
-        f"/users/{ROLF}/memberOf/microsoft.graph.directoryRole", params={"$select": "displayName,roleTemplateId"}
-    ).json()["value"]
-    assert roles == [
-        {
-            "@odata.type": "#microsoft.graph.directoryRole",
-            "displayName": "User Administrator",
-            "roleTemplateId": "fe930be7-5e62-47db-91af-98c3a49a38b1",
-        }
-    ]
-    assert graph.get(f"/users/{ADELE}/memberOf/microsoft.graph.directoryRole").json()["value"] == []
-    assert graph.get("/users/unknown/memberOf/microsoft.graph.directoryRole").status_code == 404
-    assert error_of(graph.get(f"/users/{ROLF}/memberOf/microsoft.graph.group"))["message"] == (
-        "Resource not found for the segment 'microsoft.graph.group'."
+def roles(graph: httpx.Client, user_id: str, *, transitive: bool) -> httpx.Response:
+    if transitive:
+        return graph.get(
+            graph.base_url.copy_with(path="/beta/roleManagement/directory/transitiveRoleAssignments"),
+            params={"$count": "true", "$filter": f"principalId eq '{user_id}'"},
+            headers={"ConsistencyLevel": "eventual"},
+        )
+    return graph.get("/roleManagement/directory/roleAssignments", params={"$filter": f"principalId eq '{user_id}'"})
+
+
+def test_direct_role_assignments_at_any_scope(graph: httpx.Client) -> None:
+    """v1.0 roleAssignments lists direct assignments, tenant-wide or scoped, custom roles included."""
+    [rolf] = roles(graph, ROLF, transitive=False).json()["value"]
+    assert (rolf["principalId"], rolf["directoryScopeId"]) == (ROLF, "/")
+    assert rolf["roleDefinitionId"] == "fe930be7-5e62-47db-91af-98c3a49a38b1"
+    [ursula] = roles(graph, URSULA, transitive=False).json()["value"]
+    assert ursula["directoryScopeId"].startswith("/administrativeUnits/")
+    assert roles(graph, GAIL, transitive=False).json()["value"] == []  # her role is the group's
+    assert roles(graph, ADELE, transitive=False).json()["value"] == []
+
+
+def test_transitive_role_assignments_include_role_assignable_groups(graph: httpx.Client) -> None:
+    """Beta transitiveRoleAssignments lists a group-held role with the group as principal."""
+    response = roles(graph, GAIL, transitive=True)
+    assert response.status_code == 200 and response.json()["@odata.count"] == 1
+    [held] = response.json()["value"]
+    assert held["principalId"] == HELPDESK_GROUP
+    assert held["roleDefinitionId"] == "729827e3-9c14-49f7-bb1b-9608f156bbb8"
+    assert roles(graph, ADELE, transitive=True).json()["value"] == []  # an ordinary group gives no role
+
+
+def test_transitive_role_assignments_need_their_advanced_query_and_beta(graph: httpx.Client) -> None:
+    """Without ConsistencyLevel Graph documents a 404; under v1.0 the segment does not exist."""
+    beta = graph.base_url.copy_with(path="/beta/roleManagement/directory/transitiveRoleAssignments")
+    no_header = graph.get(beta, params={"$count": "true", "$filter": f"principalId eq '{GAIL}'"})
+    assert no_header.status_code == 404
+    v1 = graph.get(
+        "/roleManagement/directory/transitiveRoleAssignments", params={"$filter": f"principalId eq '{GAIL}'"}
     )
+    assert v1.status_code == 400 and "transitiveRoleAssignments" in error_of(v1)["message"]
+
+
+def test_missing_permission_is_403_authorization_request_denied(emulator: EmulatorHandle, graph: httpx.Client) -> None:
+    """Without RoleManagement.Read.Directory the role read is refused, users can still be read."""
+    emulator.control.set_app_permissions(["User.ReadWrite.All"])
+    for transitive in (False, True):
+        denied = roles(graph, ROLF, transitive=transitive)
+        assert denied.status_code == 403
+        assert error_of(denied)["code"] == "Authorization_RequestDenied"
+        assert error_of(denied)["message"] == "Insufficient privileges to complete the operation."
+    assert graph.get(f"/users/{ADELE}").status_code == 200
+    emulator.control.set_app_permissions(["User.Invite.All"])  # not enough for a reset
+    assert graph.post("/invitations", json=reset_body()).status_code == 403
+    emulator.control.reset()
+    assert roles(graph, ROLF, transitive=False).status_code == 200
 
 
 def test_patch_mail_owned_by_another_object_conflicts(emulator: EmulatorHandle, graph: httpx.Client) -> None:
@@ -359,6 +399,12 @@ def test_unknown_route_is_bad_request(graph: httpx.Client) -> None:
             "Authorization_RequestDenied",
             "Insufficient privileges to complete the operation.",
         ),
+        (
+            reset_body(user_id=GAIL, email="gail.group@adatum.example"),
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        ),
     ],
     ids=[
         "no-email",
@@ -371,6 +417,7 @@ def test_unknown_route_is_bad_request(graph: httpx.Client) -> None:
         "unknown-user",
         "email-mismatch",
         "directory-role",
+        "group-held-role",
     ],
 )
 def test_invitation_validation(
@@ -427,6 +474,27 @@ def test_stale_reads_show_the_user_as_before_the_invitation(emulator: EmulatorHa
     emulator.control.reset()  # switches the lag off again
     assert graph.post("/invitations", json=reset_body()).status_code == 201
     assert graph.get(f"/users/{ADELE}{select}").json()["externalUserState"] == "PendingAcceptance"
+
+
+def test_replication_lag_after_patch(emulator: EmulatorHandle, graph: httpx.Client) -> None:
+    """With lag on, a patched user reads, is found by advanced queries and is invited as before the PATCH;
+    default filters see the change at once; the lag ends by itself."""
+    emulator.control.set_replication_lag(30)
+    assert graph.patch(f"/users/{ADELE}", json={"otherMails": ["adele@new.example"]}).status_code == 204
+    assert graph.get(f"/users/{ADELE}?$select=otherMails").json()["otherMails"] == ["adele.vance@contoso.com"]
+    by_filter = {"$filter": "otherMails/any(m:m eq 'adele@new.example')", "$select": "id"}
+    assert [u["id"] for u in graph.get("/users", params=by_filter).json()["value"]] == [ADELE]
+    lagging = graph.get("/users", params={**by_filter, "$count": "true"}, headers={"ConsistencyLevel": "eventual"})
+    assert lagging.json()["value"] == []
+    refused = graph.post("/invitations", json=reset_body(email="adele@new.example"))
+    assert refused.status_code == 400 and "doesn't match any emails" in error_of(refused)["message"]
+    emulator.control.set_replication_lag(0.3)
+    assert graph.patch(f"/users/{LEE}", json={"otherMails": ["lee@new.example"]}).status_code == 204
+    deadline = time.monotonic() + 10
+    while graph.get(f"/users/{LEE}?$select=otherMails").json()["otherMails"] != ["lee@new.example"]:
+        assert time.monotonic() < deadline, "the lag never ended"
+        time.sleep(0.05)
+    assert graph.post("/invitations", json=reset_body(LEE, "lee@new.example")).status_code == 201
 
 
 def test_internal_member_is_not_special_cased(graph: httpx.Client) -> None:
@@ -526,5 +594,5 @@ def test_reset_restores_fixture(emulator: EmulatorHandle, graph: httpx.Client) -
     emulator.control.reset()
     assert emulator.control.journal() == []
     assert graph.get(f"/users/{ADELE}").status_code == 200
-    assert len(emulator.control.users()) == 11
+    assert len(emulator.control.users()) == FIXTURE_USERS
     assert graph.get("/users/only-user").status_code == 404

@@ -18,7 +18,7 @@ async def test_every_record_of_a_retried_reset_carries_its_request_id(
     """A reset with a throttled invitation and a failing read: every app record names the request, no full email."""
     caplog.set_level(logging.DEBUG, logger=LOGGER_NAME)
     app.graph.add_fault(method="POST", path="^/invitations$", status=429, retry_after="0.2", times=1)
-    app.graph.add_fault(method="GET", path="^/users/", status=503, times=1)
+    app.graph.add_fault(method="GET", path="^/roleManagement/", status=503, times=1)
     await app.deliver(
         {"email": "brian.j@tailspin.example", "newEmail": "brian@new.example", "requestId": "ctx-1", "ticketId": "T-9"},
         dequeue_count=2,
@@ -29,7 +29,7 @@ async def test_every_record_of_a_retried_reset_carries_its_request_id(
     messages = [r.getMessage() for r in ours]
     # The throttle's retry warning and the service's lines were the ones missing context before.
     assert any(m.startswith("retrying sending the reset invitation after GraphThrottled") for m in messages)
-    assert any(m.startswith("retrying reading the user's directory roles after GraphUnavailable") for m in messages)
+    assert any(m.startswith("retrying reading the user's role assignments") for m in messages)
     assert any("reset invitation" in m and "sent" in m for m in messages)
     assert [r for r in ours if getattr(r, "requestId", None) != "ctx-1"] == []
     assert {getattr(r, "ticketId", None) for r in ours} == {"T-9"}

@@ -144,7 +144,7 @@ async def test_retry_after_is_honoured(app: App) -> None:
 async def test_transient_failures_recover(app: App) -> None:
     """Two 503s on the user read and a dropped connection are retried to success."""
     app.graph.add_fault(method="GET", path="^/users/", status=503, times=2)
-    app.graph.add_fault(method="GET", path="directoryRole", status=None, drop=True, times=1)
+    app.graph.add_fault(method="GET", path="RoleAssignments", status=None, drop=True, times=1)
     await app.deliver({"userId": ADELE, "requestId": "flaky"})
     record = await app.status("flaky")
     assert record is not None and record.status is Status.SUCCEEDED

@@ -30,6 +30,8 @@ FIXTURE = Path(__file__).resolve().parents[2] / "tools" / "graph_emulator" / "us
 ADELE = "5e0c1d2a-0001-4a5b-9c3d-000000000001"
 BRIAN = "5e0c1d2a-0002-4a5b-9c3d-000000000002"
 ROLF = "5e0c1d2a-0004-4a5b-9c3d-000000000004"
+GAIL = "5e0c1d2a-0012-4a5b-9c3d-000000000012"  # a role through a role-assignable group
+URSULA = "5e0c1d2a-0013-4a5b-9c3d-000000000013"  # a custom role at an administrative-unit scope
 UNKNOWN = "5e0c1d2a-00ff-4a5b-9c3d-0000000000ff"
 
 
@@ -77,9 +79,15 @@ async def graph_script(graph: GraphGateway) -> list[Any]:
         lambda: graph.users_owning_email("taken.alias@contoso.com"),
         lambda: graph.users_owning_email("shared@northwind.example"),
         lambda: graph.users_owning_email("free@contoso.com"),
-        lambda: graph.directory_roles(ROLF),
-        lambda: graph.directory_roles(ADELE),
-        lambda: graph.directory_roles(UNKNOWN),
+        lambda: graph.find_user(email="nora.nomail@litware.example"),
+        lambda: graph.role_assignments(ROLF),
+        lambda: graph.role_assignments(GAIL),
+        lambda: graph.role_assignments(URSULA),
+        lambda: graph.role_assignments(ADELE),
+        lambda: graph.role_assignments(UNKNOWN),
+        lambda: graph.wait_for_address(BRIAN, "brian.j@tailspin.example", within=0),
+        lambda: graph.wait_for_address(BRIAN, "not.brian@tailspin.example", within=0),
+        lambda: graph.tenant_id(),
         lambda: graph.read_user(BRIAN),
     ]
     out = [await outcome(step()) for step in steps]
@@ -92,6 +100,7 @@ async def graph_script(graph: GraphGateway) -> list[Any]:
     out.append(await outcome(graph.reset_redemption(invite(ADELE, "adele.vance@contoso.com"), sent_after=started)))
     out.append(await outcome(graph.reset_redemption(invite(ADELE, "stranger@contoso.com"))))
     out.append(await outcome(graph.reset_redemption(invite(ROLF, "rolf.admin@adatum.example"))))
+    out.append(await outcome(graph.reset_redemption(invite(GAIL, "gail.group@adatum.example"))))
     out.append(await outcome(graph.reset_redemption(invite(UNKNOWN, "x@contoso.com"))))
     return out
 
@@ -107,8 +116,7 @@ async def test_the_graph_stub_answers_like_the_adapter_over_the_emulator(emulato
     finally:
         await sdk.aclose()
     stub = StubGraphGateway()
-    for user in json.loads(FIXTURE.read_text(encoding="utf-8"))["users"]:
-        stub.add_graph_user(user)
+    stub.load_fixture(json.loads(FIXTURE.read_text(encoding="utf-8")))
     assert await graph_script(stub) == expected
     assert len(stub.invitations) == emulator.control.user(ADELE)["_invitationCount"] == 1
 

@@ -14,7 +14,7 @@ from tools.cli import main as cli
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("command", ["submit", "status", "report", "poison", "reset"])
+@pytest.mark.parametrize("command", ["submit", "status", "report", "poison", "breaker", "reset"])
 async def test_help_of_each_command_shows_its_examples_and_the_exit_codes(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -27,7 +27,7 @@ async def test_help_of_each_command_shows_its_examples_and_the_exit_codes(
 async def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert await cli.run(["--help"]) == 0
     text = capsys.readouterr().out
-    assert all(command in text for command in ("submit", "status", "report", "poison", "reset"))
+    assert all(command in text for command in ("submit", "status", "report", "poison", "breaker", "reset"))
 
 
 def test_runs_as_a_module_and_as_the_console_script() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
-REFERENCE = ("deploy", "api", "bulk", "operations", "security", "development")
+REFERENCE = ("deploy", "api", "bulk", "operations", "security", "development", "graph")
 README_MAX_LINES = 250
 # Shorter items (a command, a one-line table row) may rightly repeat; prose of this length may not.
 REPEAT_MIN_CHARS = 100

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from shared.platform.errors import classify_graph_response, parse_retry_after
+from shared.platform.errors import ROLE_CALL, USER_CALL, classify_graph_response, parse_retry_after
 from shared.platform.logs import app_logger, mask_email, redact
 
 
@@ -62,8 +62,27 @@ def test_graph_failures_are_classified(status: int, code: str, message: str, our
 
 
 def test_forbidden_names_the_missing_permission() -> None:
+    """A 403 on a write names both permissions the app needs, and the role rule."""
     error = classify_graph_response(403, graph_error("Forbidden", "Generic authorization exception."), {})
-    assert "User.ReadWrite.All" in error.message
+    assert "User.ReadWrite.All" in error.message and "RoleManagement.Read.Directory" in error.message
+
+
+def test_a_denied_role_read_names_role_management_read_directory() -> None:
+    """The role check's 403 says exactly which permission is missing, and not that User.ReadWrite.All is enough."""
+    denied = graph_error("Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+    error = classify_graph_response(403, denied, {}, call=ROLE_CALL)
+    assert (error.code, error.permanent) == ("GraphPermissionMissing", True)
+    assert "RoleManagement.Read.Directory" in error.message and "User.ReadWrite.All" not in error.message
+    assert "User.ReadWrite.All" in classify_graph_response(403, denied, {}, call=USER_CALL).message
+
+
+def test_a_role_endpoint_graph_does_not_serve_fails_closed_with_the_way_out() -> None:
+    """A 404 from the (beta) role read is not "no such user": the request fails, ROLE_CHECK=direct is named."""
+    error = classify_graph_response(
+        404, graph_error("Request_ResourceNotFound", "Resource not found"), {}, call=ROLE_CALL
+    )
+    assert (error.code, error.permanent) == ("RoleCheckUnavailable", True)
+    assert "ROLE_CHECK=direct" in error.message
 
 
 def test_retry_after_integer_and_fractional() -> None:
@@ -101,3 +120,15 @@ def test_app_logger_redacts_what_slips_through(caplog: pytest.LogCaptureFixture)
     app_logger().info("failed for %s", "adele.vance@contoso.com")
     assert "adele.vance@contoso.com" not in caplog.text
     assert "a***e@contoso.com" in caplog.text
+
+
+def test_the_tenant_comes_from_the_token_tid_claim() -> None:
+    """The redirect's tenant is read from the app's own token when AZURE_TENANT_ID is empty."""
+    import base64
+    import json
+
+    from shared.reset.graph_sdk import token_tenant
+
+    claims = base64.urlsafe_b64encode(json.dumps({"tid": "tenant-guid", "aud": "x"}).encode()).decode().rstrip("=")
+    assert token_tenant(f"header.{claims}.signature") == "tenant-guid"
+    assert token_tenant("emulator-placeholder-token") is None

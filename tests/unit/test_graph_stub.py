@@ -16,7 +16,7 @@ from shared.platform.errors import (
 )
 from shared.reset.graph import GraphGateway, InvitationBody
 from shared.reset.graph_stub import DirectoryUser, StubGraphGateway
-from tests.factories import GUEST_ID, directory_user, internal_user
+from tests.factories import GUEST_ID, directory_user, internal_user, role
 
 OTHER_ID = "6a1b3c4d-0000-4000-8000-00000000c003"
 UPN = "adele.vance_contoso.com#EXT#@fabrikam.onmicrosoft.com"
@@ -103,7 +103,7 @@ async def test_a_reset_sets_pending_acceptance_and_records_the_invitation(graph:
     [
         (directory_user(), "stranger@contoso.com", GraphRequestError, "EmailNotOnUser"),
         (
-            directory_user(directory_roles=["User Administrator"]),
+            directory_user(role_assignments=[role()]),
             "adele.vance@contoso.com",
             GraphRequestError,
             "GraphForbidden",
@@ -163,8 +163,8 @@ def test_a_failure_for_a_method_the_gateway_lacks_is_refused(graph: StubGraphGat
 
 async def test_every_call_is_recorded_with_its_arguments(graph: StubGraphGateway) -> None:
     """Tests assert on what the app asked of Graph; writes are listed on their own."""
-    await graph.directory_roles(GUEST_ID)
+    await graph.role_assignments(GUEST_ID)
     await graph.reset_redemption(invite())
-    assert [c.method for c in graph.calls] == ["directory_roles", "reset_redemption"]
+    assert [c.method for c in graph.calls] == ["role_assignments", "reset_redemption"]
     assert graph.calls[0].arguments == {"user_id": GUEST_ID}
     assert [c.method for c in graph.writes] == ["reset_redemption"]

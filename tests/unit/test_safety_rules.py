@@ -12,7 +12,7 @@ from shared.reset.contract import ResetRequest, validate_request
 from shared.reset.graph_stub import DirectoryUser, StubGraphGateway
 from shared.reset.service import ResetService
 from shared.reset.status import Status, StatusRecord, StatusStore
-from tests.factories import GUEST_ID, directory_user, internal_user, settings
+from tests.factories import GUEST_ID, directory_user, internal_user, role, settings
 
 OTHER_ID = "6a1b3c4d-0000-4000-8000-00000000c003"
 
@@ -117,7 +117,7 @@ async def test_a_new_email_the_guest_already_holds_is_not_in_use() -> None:
 
 async def test_a_guest_holding_a_directory_role_is_refused_before_graph_would() -> None:
     """App-only calls cannot reset role holders; the rule says so up front instead of a bare 403."""
-    graph = StubGraphGateway([directory_user(directory_roles=["User Administrator"])])
+    graph = StubGraphGateway([directory_user(role_assignments=[role()])])
     assert await refused(graph) == "TargetHasDirectoryRoles"
 
 
@@ -132,7 +132,7 @@ async def test_a_dry_run_checks_everything_and_sends_nothing() -> None:
     graph = StubGraphGateway([directory_user()])
     record, store = await run(graph, request(newEmail="adele.new@contoso.com", dryRun=True))
     assert graph.writes == [] and graph.invitations == []
-    assert {c.method for c in graph.calls} == {"find_user", "users_owning_email", "directory_roles"}
+    assert {c.method for c in graph.calls} == {"find_user", "users_owning_email", "role_assignments"}
     stored = await store.get("req-1")
     assert stored is not None and stored.status is Status.DRY_RUN_PASSED == record.status
     assert stored.lease_owner is None and stored.history[-1]["event"] == "dryRunPassed"
@@ -141,7 +141,7 @@ async def test_a_dry_run_checks_everything_and_sends_nothing() -> None:
 
 async def test_a_dry_run_still_refuses_what_a_real_run_would() -> None:
     """A dry run is a rehearsal of the rules, not a way around them."""
-    graph = StubGraphGateway([directory_user(directory_roles=["Global Reader"])])
+    graph = StubGraphGateway([directory_user(role_assignments=[role(scope="/administrativeUnits/au-1")])])
     assert await refused(graph, request(dryRun=True)) == "TargetHasDirectoryRoles"
 
 

@@ -47,7 +47,7 @@ def test_function_keys_and_the_queue_get_a_plain_reset_by_default() -> None:
     assert parsed.key_capabilities == {Capability.SUBMIT}
     assert parsed.queue_capabilities == {Capability.SUBMIT}
     assert parsed.require_entra_id is False and parsed.allow_custom_message_body is False
-    assert parsed.redirect_allowed_urls == (parsed.invite_redirect_url,)
+    assert parsed.redirect_allowlist == ("https://myapps.microsoft.com",)  # the cloud's My Apps
 
 
 def test_an_allowed_domain_list_turns_the_email_switch_on_by_default() -> None:
@@ -103,7 +103,7 @@ def test_each_risky_field_needs_its_capability(fields: dict[str, Any], capabilit
 
 
 def test_the_default_redirect_given_explicitly_needs_no_capability() -> None:
-    plain = request(inviteRedirectUrl=settings().invite_redirect_url + "/")
+    plain = request(inviteRedirectUrl=settings().default_redirect + "/")
     assert capabilities.missing(plain, {Capability.SUBMIT}, settings()) == []
 
 

@@ -155,3 +155,42 @@ async def test_concurrent_first_calls_share_one_runtime(monkeypatch: pytest.Monk
         reset_settings()
     assert len(built) == 1
     assert all(r is results[0] for r in results)
+
+
+@pytest.mark.parametrize(
+    ("url", "tenant", "expected"),
+    [
+        ("https://graph.microsoft.com/v1.0", "", "https://myapps.microsoft.com"),
+        (
+            "https://graph.microsoft.com/v1.0",
+            "72F988BF-86F1-41AF-91AB-2D7CD011DB47",
+            "https://myapps.microsoft.com?tenantId=72f988bf-86f1-41af-91ab-2d7cd011db47",
+        ),
+        ("https://graph.microsoft.us/v1.0", "", "https://myapps.microsoft.us"),
+        ("https://microsoftgraph.chinacloudapi.cn/v1.0", "", "https://myapplications.windowsazure.cn"),
+    ],
+)
+def test_default_redirect_is_the_clouds_my_apps_in_the_tenant(url: str, tenant: str, expected: str) -> None:
+    """With no INVITE_REDIRECT_URL the guest lands on its cloud's My Apps, opened in the tenant when known."""
+    parsed = parse_settings(env(GRAPH_BASE_URL=url, AZURE_TENANT_ID=tenant))
+    assert parsed.invite_redirect_url is None
+    assert parsed.my_apps_url(None) == expected
+
+
+def test_the_token_tenant_is_used_when_the_setting_is_empty() -> None:
+    parsed = parse_settings(env(GRAPH_BASE_URL="https://graph.microsoft.com/v1.0"))
+    assert parsed.my_apps_url("t-from-token") == "https://myapps.microsoft.com?tenantId=t-from-token"
+
+
+def test_new_settings_are_validated() -> None:
+    """A tenant that is not a GUID, an unknown role check and a zero pace are all reported."""
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(env(AZURE_TENANT_ID="contoso.com", ROLE_CHECK="memberOf", INVITATIONS_PER_MINUTE="0"))
+    text = str(caught.value)
+    assert "AZURE_TENANT_ID" in text and "ROLE_CHECK" in text and "INVITATIONS_PER_MINUTE" in text
+
+
+def test_beta_root_is_the_same_host() -> None:
+    """The transitive role check reads /beta on the cloud's own Graph host."""
+    parsed = parse_settings(env(GRAPH_BASE_URL="https://graph.microsoft.us/v1.0"))
+    assert parsed.graph_beta_url == "https://graph.microsoft.us/beta"

@@ -10,7 +10,16 @@ import pytest
 from shared.platform.errors import AmbiguousOutcomeError, TransientError
 from shared.reset.status import Status
 from shared.reset.worker import handle_poison_message, message_hash
-from tests.factories import GUEST_ID, MakeApp, StubApp, directory_user, request_body, status_record
+from tests.factories import (
+    GUEST_ID,
+    HELPDESK_ADMINISTRATOR,
+    MakeApp,
+    StubApp,
+    directory_user,
+    request_body,
+    role,
+    status_record,
+)
 
 RID = "ticket-4711"
 
@@ -75,14 +84,32 @@ async def test_a_permanent_failure_is_poisoned_at_once_without_raising(make_app:
 
 
 async def test_a_graph_refusal_is_poisoned_with_graphs_code(app: StubApp) -> None:
-    """A permanent Graph answer (403 blocked invitations) is poisoned on the first delivery, not retried."""
+    """A permanent Graph answer (403 cross-tenant access) is poisoned on the first delivery, not retried."""
+    app.graph.fail_status(
+        "reset_redemption",
+        403,
+        graph_code="Forbidden",
+        message="This invitation is blocked by cross-tenant access settings.",
+    )
+    await app.deliver(body())
+    [envelope] = app.poison()
+    assert envelope["error"]["code"] == "CrossTenantAccessBlocked"
+    assert len(app.graph.calls_to("reset_redemption")) == 1
+
+
+async def test_a_blocked_tenant_holds_the_request_instead_of_failing_it(app: StubApp) -> None:
+    """The suspicious-activity 403 opens the breaker: the request is Held and back on the queue, not poisoned."""
     app.graph.fail_status(
         "reset_redemption", 403, graph_code="Forbidden", message="Blocked due to suspicious activity."
     )
     await app.deliver(body())
-    [envelope] = app.poison()
-    assert envelope["error"]["code"] == "InvitationsBlocked"
-    assert len(app.graph.calls_to("reset_redemption")) == 1
+    assert app.poison() == [] and app.results() == []
+    record = await app.status(RID)
+    assert record is not None and record.status is Status.HELD and record.error_code == "InvitationsBlocked"
+    assert record.lease_owner is None and record.invite_started_at is None
+    [again] = app.requests_queue.decoded()
+    assert again["requestId"] == RID
+    assert (await app.runtime.gate.store.read_breaker()).opened_by == RID
 
 
 async def test_a_transient_failure_is_handed_back_until_the_last_delivery_then_poisoned(app: StubApp) -> None:
@@ -201,12 +228,12 @@ async def test_a_dry_run_through_the_worker_publishes_dry_run_passed(app: StubAp
 
 async def test_the_poison_handler_records_failed_with_the_code_and_publishes_it(make_app: MakeApp) -> None:
     """A poisoned refusal ends as Failed with its code and message, and a result says so."""
-    app = make_app(directory_user(directory_roles=["Helpdesk Administrator"]))
+    app = make_app(directory_user(role_assignments=[role(HELPDESK_ADMINISTRATOR)]))
     await app.deliver(body(ticketId="INC-9"))
     await app.run_poison_handler()
     record = await app.status(RID)
     assert record is not None and record.status is Status.FAILED and record.finished_at is not None
-    assert record.error_code == "TargetHasDirectoryRoles" and "Helpdesk Administrator" in (record.error_message or "")
+    assert record.error_code == "TargetHasDirectoryRoles" and HELPDESK_ADMINISTRATOR in (record.error_message or "")
     [result] = app.results()
     assert (result["status"], result["errorCode"], result["ticketId"]) == ("Failed", "TargetHasDirectoryRoles", "INC-9")
 

@@ -25,8 +25,8 @@ import httpx
 from shared.platform.errors import ResetError
 from shared.platform.settings import Settings, parse_settings
 from shared.reset.contract import ResetRequest
-from shared.reset.graph import USER_SELECT, GuestUser, InvitationBody, SentInvitation
-from shared.reset.graph_sdk import PlaceholderCredential, SdkGraphGateway
+from shared.reset.graph import USER_SELECT, GuestUser, InvitationBody, RoleAssignment, SentInvitation
+from shared.reset.graph_sdk import ROLE_SELECT, PlaceholderCredential, SdkGraphGateway
 from shared.reset.service import ResetService
 from shared.reset.status import Status, StatusRecord, StatusStore
 from shared.reset.throttle import RetryPolicy, WriteBudget
@@ -37,7 +37,7 @@ JsonDict = dict[str, Any]
 # the baselines send the same headers as the SDK so both sides move the same bytes.
 SDK_USER_AGENT = f"python-httpx/{httpx.__version__} kiota-python/{version('microsoft-kiota-http')}"
 SELECT_QUERY = "$select=" + quote(",".join(USER_SELECT), safe="")
-ROLES_QUERY = "$select=" + quote("id,displayName", safe="")
+ROLES_QUERY = "$count=true&$select=" + quote(ROLE_SELECT, safe="")
 
 
 # --- logging ---------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def invitation_json(user: JsonDict, settings: Settings) -> bytes:
     body = InvitationBody(
         user_id=str(user["id"]),
         email=str(user["mail"]),
-        redirect_url=settings.invite_redirect_url,
+        redirect_url=settings.invite_redirect_url or settings.my_apps_url(None),
         send_message=settings.send_invitation_message,
     ).to_json()
     return json.dumps(body).encode("utf-8")
@@ -202,11 +202,18 @@ async def plain_invite(client: httpx.AsyncClient, base: str, content: bytes) -> 
     return data
 
 
+def roles_url(settings: Settings, user_id: str) -> str:
+    """The role check's URL as the SDK gateway sends it with ROLE_CHECK=transitive."""
+    odata_filter = quote(f"principalId eq '{user_id}'", safe="")
+    path = "/roleManagement/directory/transitiveRoleAssignments"
+    return f"{settings.graph_beta_url}{path}?$filter={odata_filter}&{ROLES_QUERY}"
+
+
 async def plain_reset(client: httpx.AsyncClient, settings: Settings, user_id: str) -> None:
     """The calls one ``ResetService.run`` makes, in plain httpx: GET user, GET roles, POST, GET."""
     base = settings.graph_base_url
     user = await plain_get_user(client, base, user_id)
-    roles = _json(await client.get(f"{base}/users/{user_id}/memberOf/microsoft.graph.directoryRole?{ROLES_QUERY}"))
+    roles = _json(await client.get(roles_url(settings, user_id), headers={"ConsistencyLevel": "eventual"}))
     if roles.get("value"):
         raise RuntimeError(f"user {user_id} holds directory roles")
     await plain_invite(client, base, invitation_json(user, settings))
@@ -236,10 +243,17 @@ class PlainGraphGateway:
     async def users_owning_email(self, email: str) -> list[GuestUser]:
         raise NotImplementedError("the benchmarks reset without newEmail")
 
-    async def directory_roles(self, user_id: str) -> list[str]:
-        url = f"{self._base}/users/{user_id}/memberOf/microsoft.graph.directoryRole?{ROLES_QUERY}"
-        data = _json(await self._client.get(url))
-        return [str(role.get("displayName") or role.get("id")) for role in data.get("value", [])]
+    async def role_assignments(self, user_id: str) -> list[RoleAssignment]:
+        data = _json(
+            await self._client.get(roles_url(self._settings, user_id), headers={"ConsistencyLevel": "eventual"})
+        )
+        return [RoleAssignment.from_graph(item) for item in data.get("value", [])]
+
+    async def wait_for_address(self, user_id: str, email: str, *, within: float) -> bool:
+        raise NotImplementedError("the benchmarks reset without newEmail")
+
+    async def tenant_id(self) -> str | None:
+        return None
 
     async def set_sign_in_email(self, user: GuestUser, email: str) -> None:
         raise NotImplementedError("the benchmarks reset without newEmail")

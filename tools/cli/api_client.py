@@ -80,10 +80,10 @@ class ApiClient:
         if status in (401, 403):
             return ApiAuthError(
                 f"{method} {path} -> {status}: check --api-key (a function key; the poison "
-                f"commands need the admin/master key){f' ({detail})' if detail else ''}",
+                f"and breaker commands need the admin/master key){f' ({detail})' if detail else ''}",
                 status=status,
             )
-        if status == 404 and path.startswith("/poison"):
+        if status == 404 and path.startswith(("/poison", "/breaker")):
             return ApiAuthError(f"{method} {path} -> 404: check --api-url", status=status)
         return ApiRefusedError(
             f"{method} {path} -> {status}: {detail or response.text[:300]}", status=status, errors=errors
@@ -112,4 +112,12 @@ class ApiClient:
 
     async def replay_poison(self, order: bytes) -> dict[str, Any]:
         body: dict[str, Any] = (await self._call("POST", "/poison/replay", content=order)).json()
+        return body
+
+    async def breaker(self) -> dict[str, Any]:
+        body: dict[str, Any] = (await self._call("GET", "/breaker")).json()
+        return body
+
+    async def close_breaker(self, order: bytes) -> dict[str, Any]:
+        body: dict[str, Any] = (await self._call("POST", "/breaker/close", content=order)).json()
         return body

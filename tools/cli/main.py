@@ -43,7 +43,7 @@ SHOWN_PROBLEMS = 50  # text output lists this many problems or failures; --json 
 
 EXIT_CODES = """exit codes:
   0  ok (status: nothing failed; with --wait, everything finished)
-  1  some requests failed, or the file has invalid rows (then nothing was sent)
+  1  some requests failed, or the file has invalid rows (then nothing was sent), or the breaker is open
   2  usage or configuration error (bad option, missing setting, rejected API key)
   3  storage or the API is unreachable (run the same command again: nothing is sent twice)"""
 
@@ -56,6 +56,8 @@ EXAMPLES = {
     "  guest-reset report --since 2026-01-31T00:00:00Z --until 2026-02-01T00:00:00Z",
     "poison": "guest-reset poison list --error-code UserNotFound\n"
     "  guest-reset poison replay --request-id bulk-0123456789abcdef-7",
+    "breaker": "guest-reset breaker status\n"
+    "  guest-reset breaker close --by alice@contoso.com   (once Microsoft lifted the block)",
     "reset": "guest-reset reset --email brian.j@tailspin.example --new-email brian@new.example --dry-run\n"
     "  guest-reset reset --user-id 5e0c1d2a-0001-4a5b-9c3d-000000000001 --ticket-id INC-1001",
 }
@@ -159,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "replay":
             action.add_argument("--all", action="store_true", help="replay every failed request (up to --max)")
 
+    breaker = commands.add_parser(
+        "breaker",
+        formatter_class=fmt,
+        epilog=_epilog("breaker"),
+        help="the invitation circuit breaker: see it, close it once Microsoft lifted a block",
+        description="The first InvitationsBlocked or InvitationsDisabled from Graph opens the breaker: "
+        "requests are then held (status Held), nothing is posted. Close it once Microsoft lifted the "
+        "block (a support ticket): held requests go back to the queue. The admin HTTP endpoints "
+        "GET /api/breaker and POST /api/breaker/close, from storage or through the API.",
+    )
+    switches = breaker.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    for name, text in (("status", "show the breaker"), ("close", "close it and resume held requests")):
+        action = switches.add_parser(
+            name, parents=[common, api], formatter_class=fmt, help=text, epilog=_epilog("breaker")
+        )
+        if name == "close":
+            action.add_argument("--by", help="who closes it (kept in the breaker's record)")
+
     reset = commands.add_parser(
         "reset",
         parents=[common],
@@ -167,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reset one guest now, in this process (needs storage and Graph rights, e.g. az login)",
         description="Run the worker's pipeline for one request in this process: the same checks, status "
         "record and result message as a queued request. Against Azure it signs in with "
-        "DefaultAzureCredential (az login) and needs User.ReadWrite.All.",
+        "DefaultAzureCredential (az login) and needs User.ReadWrite.All and RoleManagement.Read.Directory.",
     )
     who = reset.add_mutually_exclusive_group(required=True)
     who.add_argument("--user-id", help="the guest's object id")
@@ -459,6 +479,47 @@ async def cmd_poison(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def _breaker_text(state: dict[str, Any]) -> str:
+    if state.get("state") == "open":
+        return (
+            f"breaker OPEN since {state.get('openedAt')} ({state.get('code')}, first met by request "
+            f"{state.get('openedBy')}): {state.get('message')}\nrequests are held; close it once Microsoft "
+            "lifted the block: guest-reset breaker close"
+        )
+    closed = f" (closed {state.get('closedAt')} by {state.get('closedBy')})" if state.get("closedAt") else ""
+    return f"breaker closed{closed}: invitations are posted"
+
+
+async def cmd_breaker(args: argparse.Namespace, out: Output) -> int:
+    from shared.reset.breaker import resume_held
+    from shared.reset.runtime import get_runtime
+
+    close = args.action == "close"
+    api = _api(args)
+    try:
+        if api is not None:
+            if close:
+                body = await api.close_breaker(json.dumps({"closedBy": args.by} if args.by else {}).encode())
+            else:
+                body = await api.breaker()
+        else:
+            runtime = await get_runtime()
+            if close:
+                state = await runtime.gate.close(args.by or f"cli:{os.environ.get('USER') or 'unknown'}")
+                resumed = await resume_held(runtime)
+                body = {"breaker": state.to_dict(), "resumed": resumed, "resumedCount": len(resumed)}
+            else:
+                body = (await runtime.gate.store.read_breaker()).to_dict()
+    finally:
+        if api is not None:
+            await api.aclose()
+    if close:
+        out.result(body, f"{_breaker_text(body['breaker'])}\n{body['resumedCount']} held request(s) back on the queue")
+        return EXIT_OK
+    out.result(body, _breaker_text(body))
+    return EXIT_FAILED if body.get("state") == "open" else EXIT_OK
+
+
 async def cmd_reset(args: argparse.Namespace, out: Output) -> int:
     from shared.reset.runtime import get_runtime
     from shared.reset.worker import handle_request_message
@@ -520,6 +581,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], Awaitable[int]]] = {
     "status": cmd_status,
     "report": cmd_report,
     "poison": cmd_poison,
+    "breaker": cmd_breaker,
     "reset": cmd_reset,
 }
 

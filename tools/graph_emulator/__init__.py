@@ -1,6 +1,6 @@
 """Microsoft Graph emulator for local runs, integration tests and benchmarks.
 
-Serves the few Graph v1.0 routes the app uses (users, memberOf, invitations) over loopback
+Serves the few Graph routes the app uses (users, role assignments, invitations) over loopback
 HTTP so the real ``msgraph-sdk`` client can talk to it, plus ``/_emulator/*`` controls for
 fault injection, throttling, latency and a request journal.
 """

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .app import DEFAULT_USERS_PATH, create_app
+from .app import DEFAULT_APP_PERMISSIONS, DEFAULT_USERS_PATH, create_app
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--journal-limit", type=int, default=200_000, help="keep at most this many journal entries (oldest dropped)"
     )
     parser.add_argument(
+        "--app-permissions",
+        default=",".join(DEFAULT_APP_PERMISSIONS),
+        help="comma-separated Graph application permissions the app holds (default: what the deployment grants); "
+        "calls none of them allows get 403 Authorization_RequestDenied",
+    )
+    parser.add_argument(
         "--access-log", action="store_true", help="log every request (off by default: it slows benchmarks)"
     )
     return parser.parse_args(argv)
@@ -52,7 +58,8 @@ def _write_ready_file(path: Path, base_url: str) -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     """Run until SIGINT/SIGTERM, then close the listener cleanly."""
-    app = create_app(args.users, journal_limit=args.journal_limit)
+    permissions = tuple(p.strip() for p in args.app_permissions.split(",") if p.strip())
+    app = create_app(args.users, journal_limit=args.journal_limit, app_permissions=permissions)
     runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if args.access_log else None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from .faults import Chaos, Fault, FaultRule, FaultRules, WriteBudget
-from .state import Directory, GraphError, JsonDict, load_users, validate_user
+from .state import Directory, GraphError, JsonDict, load_fixture, validate_user
 
 DEFAULT_USERS_PATH = Path(__file__).with_name("users.json")
 _SLASHES = re.compile(r"/{2,}")
@@ -42,13 +42,38 @@ _WWW_AUTHENTICATE = (
     'common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"'
 )
 _PAGE_SIZE = 100
+_VERSIONS = ("/v1.0", "/beta")
+# The application permissions the app's deployment grants (infra/app/graph-permission.bicep).
+DEFAULT_APP_PERMISSIONS = ("User.ReadWrite.All", "RoleManagement.Read.Directory")
+# For each operation, the application permissions Microsoft documents as sufficient (any one).
+_READ_USERS = frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"})
+_WRITE_USERS = frozenset({"User.ReadWrite.All", "Directory.ReadWrite.All"})
+# A reset needs User.ReadWrite.All; User.Invite.All is not enough when resetRedemption is true.
+_RESET_INVITATION = frozenset({"User.ReadWrite.All", "Directory.ReadWrite.All"})
+_READ_ROLES = frozenset(
+    {
+        "RoleManagement.Read.Directory",
+        "RoleManagement.Read.All",
+        "Directory.Read.All",
+        "RoleManagement.ReadWrite.Directory",
+        "Directory.ReadWrite.All",
+    }
+)
+_DENIED = "Insufficient privileges to complete the operation."
 
 
 class EmulatorState:
     """Everything a running emulator holds; ``reset()`` returns it to the fixture."""
 
-    def __init__(self, users_path: Path | None, journal_limit: int = 200_000) -> None:
+    def __init__(
+        self,
+        users_path: Path | None,
+        journal_limit: int = 200_000,
+        app_permissions: tuple[str, ...] = DEFAULT_APP_PERMISSIONS,
+    ) -> None:
         self.users_path = users_path
+        self.configured_permissions = frozenset(app_permissions)
+        self.app_permissions = self.configured_permissions
         self.directory = Directory()
         self.journal: deque[JsonDict] = deque(maxlen=journal_limit)
         self.seq = 0
@@ -60,13 +85,19 @@ class EmulatorState:
 
     def reset(self) -> None:
         """Reload the fixture and switch every injected behaviour off."""
-        self.directory.replace_all(load_users(self.users_path) if self.users_path else [])
+        if self.users_path:
+            self.directory.load(load_fixture(self.users_path))
+        else:
+            self.directory.replace_all([])
+        self.app_permissions = self.configured_permissions
         self.journal.clear()
         self.rules.clear()
         self.chaos.configure({})
         self.budget.configure(None)
         self.latency_ms = 0.0
         self.directory.stale_reads = 0
+        self.directory.replication_lag = 0.0
+        self.directory.lag_reads = self.directory.lag_index = self.directory.lag_invitations = True
 
 
 STATE_KEY = web.AppKey("emulator_state", EmulatorState)
@@ -149,14 +180,15 @@ class _Call:
     reply: _Reply
     entry: JsonDict
     method: str
-    graph_path: str | None  # normalised path after /v1.0; None when not under /v1.0
+    graph_path: str | None  # normalised path after the version; None when not under /v1.0 or /beta
+    version: str
     query: dict[str, str]
     body: Any
     body_invalid: bool
 
     @property
     def base(self) -> str:
-        return f"{self.request.scheme}://{self.request.host}/v1.0"
+        return f"{self.request.scheme}://{self.request.host}{self.version}"
 
 
 async def graph_handler(request: web.Request) -> web.StreamResponse:
@@ -164,7 +196,8 @@ async def graph_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     arrived = time.time()
     path = _SLASHES.sub("/", request.path).rstrip("/") or "/"
-    graph_path = path[5:] if path == "/v1.0" or path.startswith("/v1.0/") else None
+    version = next((v for v in _VERSIONS if path == v or path.startswith(v + "/")), "")
+    graph_path = path[len(version) :] if version else None
     headers = request.headers
     reply = _Reply(headers.get("client-request-id"))
     body: Any = None
@@ -182,6 +215,7 @@ async def graph_handler(request: web.Request) -> web.StreamResponse:
         "ts": arrived,
         "method": request.method,
         "path": graph_path if graph_path is not None else path,
+        "version": version.lstrip("/") or None,
         "rawPath": request.path,
         "query": dict(request.query),
         "status": None,
@@ -198,7 +232,7 @@ async def graph_handler(request: web.Request) -> web.StreamResponse:
     if state.latency_ms:
         await asyncio.sleep(state.latency_ms / 1000)
 
-    call = _Call(request, reply, entry, request.method, graph_path, entry["query"], body, body_invalid)
+    call = _Call(request, reply, entry, request.method, graph_path, version, entry["query"], body, body_invalid)
     response = await _guarded(state, call)
     if response is None:
         return _drop(request)
@@ -249,7 +283,7 @@ def _operate(state: EmulatorState, call: _Call) -> web.Response:
             "and payload is of valid JSON format.",
         )
     try:
-        return _dispatch(state.directory, call)
+        return _dispatch(state, call)
     except GraphError as exc:
         return call.reply.error(exc.status, exc.code, exc.message, details=exc.details)
 
@@ -264,15 +298,30 @@ def _not_implemented(call: _Call) -> GraphError:
     )
 
 
-def _dispatch(directory: Directory, call: _Call) -> web.Response:
-    """Route a Graph path (already without ``/v1.0``) to the directory operation."""
+def _require(state: EmulatorState, allowed: frozenset[str]) -> None:
+    """403 as Graph answers it when the app holds none of the permissions that allow the call."""
+    if not state.app_permissions & allowed:
+        raise GraphError(403, "Authorization_RequestDenied", _DENIED)
+
+
+def _dispatch(state: EmulatorState, call: _Call) -> web.Response:
+    """Route a Graph path (already without the version) to the directory operation."""
+    directory = state.directory
     if call.graph_path is None:
         version = call.request.path.strip("/").split("/")[0]
-        raise GraphError(400, "BadRequest", f"Invalid version: {version}. The Graph emulator serves only /v1.0.")
+        raise GraphError(400, "BadRequest", f"Invalid version: {version}. The Graph emulator serves /v1.0 and /beta.")
     segments = [s for s in call.graph_path.split("/") if s]
     lowered = [s.lower() for s in segments]
     method, reply, base = call.method, call.reply, call.base
     select = _query_value(call.query, "select")
+    if lowered[:2] == ["rolemanagement", "directory"] and len(segments) == 3:
+        return _role_assignments(state, call, lowered[2])
+    if call.version == "/beta":
+        raise GraphError(
+            400,
+            "BadRequest",
+            "The Graph emulator serves /beta only for roleManagement/directory/transitiveRoleAssignments.",
+        )
     if not segments:
         return reply.json(
             200,
@@ -287,6 +336,7 @@ def _dispatch(directory: Directory, call: _Call) -> web.Response:
     if lowered == ["invitations"]:
         if method != "POST":
             raise _not_implemented(call)
+        _require(state, _RESET_INVITATION)
         invitation = directory.reset_invitation(call.body)
         return reply.json(201, {"@odata.context": f"{base}/$metadata#invitations/$entity", **invitation})
     if lowered[0] != "users":
@@ -294,26 +344,52 @@ def _dispatch(directory: Directory, call: _Call) -> web.Response:
     if len(segments) == 1:
         if method != "GET":
             raise _not_implemented(call)
+        _require(state, _READ_USERS)
         return _list_users(directory, call)
     if len(segments) == 2:
         if method == "GET":
+            _require(state, _READ_USERS)
             user = directory.get_user(segments[1], select)
             ctx = f"users({select})/$entity" if select else "users/$entity"
             return reply.json(200, {"@odata.context": f"{base}/$metadata#{ctx}", **user})
         if method == "PATCH":
+            _require(state, _WRITE_USERS)
             directory.patch_user(segments[1], call.body)
             return reply.empty(204)
         raise _not_implemented(call)
-    # /users/{id}/memberOf[/microsoft.graph.directoryRole]
-    expected = ["memberof", "microsoft.graph.directoryrole"]
-    for position, name in enumerate(lowered[2:], start=2):
-        if position - 2 >= len(expected) or name != expected[position - 2]:
-            raise _not_found_segment(segments[position])
-    if method != "GET":
+    raise _not_found_segment(segments[2])
+
+
+def _role_assignments(state: EmulatorState, call: _Call, collection: str) -> web.Response:
+    """v1.0 ``roleAssignments`` and beta-only ``transitiveRoleAssignments``, as Graph documents them."""
+    transitive = collection == "transitiveroleassignments"
+    if collection != "roleassignments" and not transitive:
+        raise _not_found_segment(collection)
+    if transitive and call.version != "/beta":
+        raise _not_found_segment("transitiveRoleAssignments")
+    if call.method != "GET":
         raise _not_implemented(call)
-    roles = directory.directory_roles(segments[1], select)
-    entity_set = "directoryRoles" if len(segments) == 4 else "directoryObjects"
-    return reply.json(200, {"@odata.context": f"{base}/$metadata#{entity_set}", "value": roles})
+    _require(state, _READ_ROLES)
+    count = (_query_value(call.query, "count") or "").lower() == "true"
+    if transitive:
+        # Documented: 404 without ConsistencyLevel: eventual; $count and $filter are required too.
+        if (call.entry["consistencyLevel"] or "").lower() != "eventual":
+            raise GraphError(
+                404, "Request_ResourceNotFound", "Resource not found for the segment 'transitiveRoleAssignments'."
+            )
+        if not count:
+            raise GraphError(400, "Request_UnsupportedQuery", "transitiveRoleAssignments requires $count=true.")
+    found = state.directory.role_assignments(_query_value(call.query, "filter"), transitive=transitive)
+    select = _query_value(call.query, "select")
+    if select:
+        wanted = [p.strip() for p in select.split(",") if p.strip()]
+        found = [{p: item.get(p) for p in wanted} for item in found]
+    name = "transitiveRoleAssignments" if transitive else "roleAssignments"
+    payload: JsonDict = {"@odata.context": f"{call.base}/$metadata#roleManagement/directory/{name}"}
+    if count:
+        payload["@odata.count"] = len(found)
+    payload["value"] = found
+    return call.reply.json(200, payload)
 
 
 def _list_users(directory: Directory, call: _Call) -> web.Response:
@@ -402,6 +478,43 @@ def _set_stale_reads(state: EmulatorState, body: Any, _: web.Request) -> JsonDic
     return {"count": count}
 
 
+def _set_replication_lag(state: EmulatorState, body: Any, _: web.Request) -> JsonDict:
+    body = body if isinstance(body, dict) else {"seconds": body or 0}
+    seconds = body.get("seconds", 0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise ValueError("seconds must be a non-negative number")
+    directory = state.directory
+    directory.replication_lag = float(seconds)
+    directory.lag_reads = bool(body.get("reads", True))
+    directory.lag_index = bool(body.get("index", True))
+    directory.lag_invitations = bool(body.get("invitations", True))
+    return {
+        "seconds": directory.replication_lag,
+        "reads": directory.lag_reads,
+        "index": directory.lag_index,
+        "invitations": directory.lag_invitations,
+    }
+
+
+def _set_app_permissions(state: EmulatorState, body: Any, _: web.Request) -> JsonDict:
+    permissions = body.get("permissions") if isinstance(body, dict) else body
+    if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+        raise ValueError('send {"permissions": ["User.ReadWrite.All", ...]}')
+    state.app_permissions = frozenset(permissions)
+    return {"permissions": sorted(state.app_permissions)}
+
+
+def _set_role_assignments(state: EmulatorState, body: Any, _: web.Request) -> JsonDict:
+    assignments = body.get("roleAssignments") if isinstance(body, dict) else body
+    groups = body.get("groups") if isinstance(body, dict) else None
+    if not isinstance(assignments, list):
+        raise ValueError('send {"roleAssignments": [...], "groups": [...]} (groups optional)')
+    state.directory.set_role_assignments(assignments)
+    if isinstance(groups, list):
+        state.directory.set_groups(groups)
+    return {"roleAssignments": len(assignments)}
+
+
 def _set_write_budget(state: EmulatorState, body: Any, _: web.Request) -> JsonDict | None:
     state.budget.configure(body)
     return state.budget.settings
@@ -474,6 +587,10 @@ def _add_control_routes(app: web.Application) -> None:
     r.add_post("/_emulator/latency", _control(_set_latency))
     r.add_post("/_emulator/stale-reads", _control(_set_stale_reads))
     r.add_post("/_emulator/write-budget", _control(_set_write_budget))
+    r.add_post("/_emulator/replication-lag", _control(_set_replication_lag))
+    r.add_get("/_emulator/app-permissions", _control(lambda s, _b, _r: {"permissions": sorted(s.app_permissions)}))
+    r.add_post("/_emulator/app-permissions", _control(_set_app_permissions))
+    r.add_put("/_emulator/role-assignments", _control(_set_role_assignments))
     r.add_get("/_emulator/journal", _control(_get_journal))
     r.add_delete("/_emulator/journal", _control(_clear_journal))
     r.add_get("/_emulator/users", _control(_list_all_users))
@@ -483,10 +600,19 @@ def _add_control_routes(app: web.Application) -> None:
     r.add_delete("/_emulator/users/{user_id}", _control(_delete_user))
 
 
-def create_app(users_path: Path | None = DEFAULT_USERS_PATH, *, journal_limit: int = 200_000) -> web.Application:
-    """Build the emulator application (fixture loaded, all faults off)."""
+def create_app(
+    users_path: Path | None = DEFAULT_USERS_PATH,
+    *,
+    journal_limit: int = 200_000,
+    app_permissions: tuple[str, ...] = DEFAULT_APP_PERMISSIONS,
+) -> web.Application:
+    """Build the emulator application (fixture loaded, all faults off).
+
+    ``app_permissions`` are the Graph application permissions the emulated app was granted;
+    a call none of them allows is answered 403 Authorization_RequestDenied, as Graph does.
+    """
     app = web.Application(client_max_size=8 * 1024 * 1024)
-    app[STATE_KEY] = EmulatorState(users_path, journal_limit)
+    app[STATE_KEY] = EmulatorState(users_path, journal_limit, app_permissions)
     _add_control_routes(app)
     app.router.add_route("*", "/{tail:.*}", graph_handler)
     return app

@@ -50,7 +50,8 @@ class EmulatorControl:
     # state -------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Reload the fixture and clear journal, faults, chaos, latency and write budget."""
+        """Reload the fixture; clear journal, faults, chaos, latency, write budget, replication lag;
+        restore the configured app permissions."""
         self._call("POST", "/reset")
 
     def set_users(self, users: list[JsonDict]) -> None:
@@ -146,6 +147,28 @@ class EmulatorControl:
         """Replication lag: after each reset invitation, the next ``count`` reads of that user
         (by id or UPN) return it as it was before the invitation."""
         self._call("POST", "/stale-reads", json={"count": count})
+
+    def set_replication_lag(
+        self, seconds: float, *, reads: bool = True, index: bool = True, invitations: bool = True
+    ) -> None:
+        """Replication lag after PATCH: for ``seconds``, reads of the user, advanced queries
+        (ConsistencyLevel: eventual) and the invitation's email check see it as before the PATCH."""
+        self._call(
+            "POST",
+            "/replication-lag",
+            json={"seconds": seconds, "reads": reads, "index": index, "invitations": invitations},
+        )
+
+    def set_app_permissions(self, permissions: list[str]) -> None:
+        """The Graph application permissions the app holds (until reset); others' calls get 403."""
+        self._call("POST", "/app-permissions", json={"permissions": permissions})
+
+    def set_role_assignments(self, assignments: list[JsonDict], groups: list[JsonDict] | None = None) -> None:
+        """Replace the directory's role assignments (and, when given, its groups with their members)."""
+        body: JsonDict = {"roleAssignments": assignments}
+        if groups is not None:
+            body["groups"] = groups
+        self._call("PUT", "/role-assignments", json=body)
 
     def set_write_budget(
         self, per_second: float | None, burst: float | None = None, retry_after: str | float | None = None

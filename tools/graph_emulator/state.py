@@ -2,8 +2,10 @@
 
 Everything here is synchronous and in memory; the aiohttp layer (``app.py``) turns
 ``GraphError`` into Graph's error body. Fields whose name starts with ``_`` are
-emulator-only (``_directoryRoles``, ``_invitationCount``, ``_lastInvitation``, ``_comment``)
-and never appear in Graph responses.
+emulator-only (``_invitationCount``, ``_lastInvitation``, ``_comment``) and never appear in
+Graph responses. Besides users, the fixture holds role-assignable ``groups`` (with their
+``members``) and directory ``roleAssignments`` (principal, role definition, scope), so roles held
+directly, through a group, at an administrative-unit scope or from a custom role all exist.
 
 Fixture users (``users.json``, ids are stable):
 
@@ -17,6 +19,13 @@ Fixture users (``users.json``, ids are stable):
   address ``shared@northwind.example`` (ambiguous lookup).
 - ``5e0c1d2a-0008-...08`` .. ``-0010-...10``: plain redeemed guests (Lee, Nestor, Pradeep).
 - ``5e0c1d2a-0011-4a5b-9c3d-000000000011`` Pat Pending: guest who never redeemed.
+- ``5e0c1d2a-0012-4a5b-9c3d-000000000012`` Gail Group: guest holding Helpdesk Administrator only
+  through the role-assignable group ``Helpdesk Admins``.
+- ``5e0c1d2a-0013-4a5b-9c3d-000000000013`` Ursula Unit: guest holding a custom role scoped to an
+  administrative unit.
+- ``5e0c1d2a-0014-4a5b-9c3d-000000000014`` Nora Nomail: guest created while a contact held her
+  address: ``mail`` null, the address only in ``otherMails``.
+- ``5e0c1d2a-0015-4a5b-9c3d-000000000015`` Otto Twomail: no ``mail``, two ``otherMails``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import copy
 import json
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -162,13 +172,43 @@ def is_valid_invite_address(address: str) -> bool:
     return len(labels) >= 2 and all(_DOMAIN_LABEL.fullmatch(label) for label in labels)
 
 
-def load_users(path: str | Path) -> list[JsonDict]:
-    """Read a fixture: either ``{"users": [...]}`` or a bare list of users."""
+@dataclass(frozen=True)
+class Fixture:
+    """A directory to load: users, role-assignable groups and role assignments."""
+
+    users: list[JsonDict]
+    groups: list[JsonDict]
+    role_assignments: list[JsonDict]
+
+
+def load_fixture(path: str | Path) -> Fixture:
+    """Read a fixture: ``{"users": [...], "groups": [...], "roleAssignments": [...]}`` or a bare user list."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     users = data.get("users") if isinstance(data, dict) else data
     if not isinstance(users, list):
         raise ValueError(f"{path}: expected a list of users or an object with 'users'")
-    return [validate_user(u) for u in users]
+    extra = data if isinstance(data, dict) else {}
+    return Fixture(
+        users=[validate_user(u) for u in users],
+        groups=[validate_object(g, "group") for g in extra.get("groups") or []],
+        role_assignments=[validate_assignment(a) for a in extra.get("roleAssignments") or []],
+    )
+
+
+def validate_object(item: Any, kind: str) -> JsonDict:
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+        raise ValueError(f"a {kind} must be an object with a non-empty string 'id': {item!r}")
+    return copy.deepcopy(item)
+
+
+def validate_assignment(item: Any) -> JsonDict:
+    """A role assignment needs its principal and role definition; the scope defaults to the tenant."""
+    stored = validate_object(item, "role assignment")
+    for key in ("principalId", "roleDefinitionId"):
+        if not isinstance(stored.get(key), str) or not stored[key]:
+            raise ValueError(f"role assignment {stored['id']} needs a string {key!r}")
+    stored.setdefault("directoryScopeId", "/")
+    return stored
 
 
 def validate_user(user: Any) -> JsonDict:
@@ -312,13 +352,25 @@ def parse_filter(text: str) -> FilterNode:
     return _FilterParser(text).parse()
 
 
-def advanced_properties(node: FilterNode) -> list[str]:
-    """Collection properties used with ``any``: these need ConsistencyLevel + $count."""
-    if isinstance(node, AnyEq):
-        return [node.prop]
+def matches(item: Mapping[str, Any], node: FilterNode) -> bool:
+    """Evaluate a parsed filter on one object (the index-free path, for lagging copies)."""
     if isinstance(node, BoolOp):
-        return [p for part in node.parts for p in advanced_properties(part)]
-    return []
+        results = (matches(item, part) for part in node.parts)
+        return all(results) if node.op == "and" else any(results)
+    prop = next((k for k in item if k.lower() == node.prop.lower()), node.prop)
+    return bool(set(_index_values(item, prop)) & set(node.values))
+
+
+def compared_values(node: FilterNode, prop: str) -> set[str] | None:
+    """The values ``prop eq``/``in`` must have under ``node`` (None when the filter does not say)."""
+    if isinstance(node, Compare) and node.prop.lower() == prop.lower():
+        return set(node.values)
+    if isinstance(node, BoolOp) and node.op == "and":
+        for part in node.parts:
+            found = compared_values(part, prop)
+            if found is not None:
+                return found
+    return None
 
 
 def _unsupported_filter(prop: str) -> GraphError:
@@ -360,15 +412,32 @@ class Directory:
         # reads of the user by id or UPN still return the user as it was before the invitation.
         self.stale_reads = 0
         self._stale: dict[str, tuple[JsonDict, int]] = {}
+        # Replication lag after PATCH: for this many seconds the user reads back (by id or UPN),
+        # is found by advanced queries (the eventually consistent index) and is checked by the
+        # invitation service as it was before the PATCH; each part can be switched off.
+        self.replication_lag = 0.0
+        self.lag_reads = True
+        self.lag_index = True
+        self.lag_invitations = True
+        self._lagging: dict[str, tuple[JsonDict, float]] = {}
+        self._groups: dict[str, JsonDict] = {}
+        self._assignments: list[JsonDict] = []
         self.replace_all(users)
 
     # emulator control -------------------------------------------------------------------
+
+    def load(self, fixture: Fixture) -> None:
+        """Replace users, groups and role assignments with the fixture's."""
+        self.replace_all(fixture.users)
+        self._groups = {g["id"].lower(): copy.deepcopy(g) for g in fixture.groups}
+        self._assignments = copy.deepcopy(fixture.role_assignments)
 
     def replace_all(self, users: Iterable[JsonDict]) -> None:
         """Drop every user and load ``users`` (fixture order is kept for list results)."""
         self._users.clear()
         self._order.clear()
         self._stale.clear()
+        self._lagging.clear()
         self._index = {p: {} for p in SCALAR_FILTERABLE + COLLECTION_FILTERABLE}
         self._index["_smtp"] = {}
         self._known = {p.lower(): p for p in STANDARD_PROPERTIES}
@@ -424,6 +493,8 @@ class Directory:
             if reads_left > 1:
                 self._stale[user["id"].lower()] = (before, reads_left - 1)
             user = before
+        elif self.lag_reads:
+            user = self._lagging_copy(user["id"].lower()) or user
         return self._project(user, self._select(select))
 
     def list_users(self, *, filter_text: str | None, select: str | None, eventual: bool, count: bool) -> list[JsonDict]:
@@ -436,25 +507,58 @@ class Directory:
                 node = parse_filter(filter_text)
             except FilterSyntaxError as exc:
                 raise GraphError(400, "BadRequest", f"Invalid filter clause: {exc}") from exc
-            advanced = advanced_properties(node)
-            if advanced and not (eventual and count):
-                raise _unsupported_filter(_CANONICAL_FILTER.get(advanced[0].lower(), advanced[0]))
-            keys = sorted(self._evaluate(node), key=self._order.__getitem__)
+            # Every filter of this grammar (eq/in, any(eq) on otherMails and proxyAddresses) is
+            # served by default; ConsistencyLevel: eventual asks for the advanced-query index,
+            # which lags behind recent changes when replication lag is on.
+            found = self._evaluate(node)
+            view = dict.fromkeys(found)
+            if eventual and self.lag_index:
+                view = self._lagging_view(node, found)
+            keys = sorted(view, key=self._order.__getitem__)
+            return [self._project(view[k] or self._users[k], props) for k in keys]
         return [self._project(self._users[k], props) for k in keys]
 
-    def directory_roles(self, key: str, select: str | None) -> list[JsonDict]:
-        """``GET /users/{id}/memberOf/microsoft.graph.directoryRole`` from ``_directoryRoles``."""
-        user = self._require(key)
-        wanted = [s.strip() for s in select.split(",") if s.strip()] if select else None
-        roles = []
-        for role in user.get("_directoryRoles") or []:
-            out: JsonDict = {"@odata.type": "#microsoft.graph.directoryRole"}
-            if wanted is None:
-                out.update({k: v for k, v in role.items() if not k.startswith("_")})
-            else:
-                out.update({p: role.get(p) for p in wanted})
-            roles.append(out)
-        return roles
+    def role_assignments(self, filter_text: str | None, *, transitive: bool) -> list[JsonDict]:
+        """``roleAssignments`` (direct) or beta ``transitiveRoleAssignments`` (also through groups).
+
+        Transitive: a user's roles held through role-assignable groups are listed with the
+        group's id as principalId, as Graph documents (group nesting is not supported there).
+        """
+        node: FilterNode | None = None
+        if filter_text and filter_text.strip():
+            try:
+                node = parse_filter(filter_text)
+            except FilterSyntaxError as exc:
+                raise GraphError(400, "BadRequest", f"Invalid filter clause: {exc}") from exc
+        principals = compared_values(node, "principalId") if node is not None else None
+        if transitive and principals is None:
+            raise GraphError(
+                400, "Request_UnsupportedQuery", "transitiveRoleAssignments requires $filter on principalId (eq)."
+            )
+        if principals is not None and transitive:
+            principals |= {
+                gid for gid, group in self._groups.items() if principals & {m.lower() for m in group.get("members", [])}
+            }
+        out = []
+        for assignment in self._assignments:
+            if principals is not None and assignment["principalId"].lower() not in principals:
+                continue
+            rest = [p for p in _and_parts(node) if not (isinstance(p, Compare) and p.prop.lower() == "principalid")]
+            if all(matches(assignment, part) for part in rest):
+                out.append({k: v for k, v in assignment.items() if not k.startswith("_")})
+        return out
+
+    def holds_roles(self, user_id: str) -> bool:
+        """Whether the user holds any role, directly or through a group, at any scope."""
+        return bool(self.role_assignments(f"principalId eq '{user_id}'", transitive=True))
+
+    # Data the control API sets beside users.
+
+    def set_role_assignments(self, assignments: list[JsonDict]) -> None:
+        self._assignments = [validate_assignment(a) for a in assignments]
+
+    def set_groups(self, groups: list[JsonDict]) -> None:
+        self._groups = {g["id"].lower(): g for g in (validate_object(item, "group") for item in groups)}
 
     def patch_user(self, key: str, body: Any) -> None:
         """``PATCH /users/{id}``: validate, check proxyAddresses uniqueness, then apply."""
@@ -481,6 +585,10 @@ class Directory:
                 msg,
                 [{"code": "ObjectConflict", "message": msg, "target": "userPrincipalName"}],
             )
+        if self.replication_lag > 0:
+            # Keep the first pre-PATCH copy while a lag window is still open.
+            before = self._lagging_copy(uid) or copy.deepcopy(user)
+            self._lagging[uid] = (before, time.monotonic() + self.replication_lag)
         self._unindex(uid, user)
         user.update(changes)
         if "mail" in changes:
@@ -526,10 +634,11 @@ class Directory:
         user = self._users.get(user_id.lower())
         if user is None:
             raise GraphError(404, "Request_ResourceNotFound", _NOT_FOUND.format(user_id))
-        owned = {a.lower() for a in [user.get("mail"), *(user.get("otherMails") or [])] if isinstance(a, str)}
+        seen = (self._lagging_copy(user_id.lower()) if self.lag_invitations else None) or user
+        owned = {a.lower() for a in [seen.get("mail"), *(seen.get("otherMails") or [])] if isinstance(a, str)}
         if email.lower() not in owned:
             raise GraphError(400, "BadRequest", EMAIL_MISMATCH)
-        if user.get("_directoryRoles"):
+        if self.holds_roles(user["id"]):
             # App-only calls cannot reset a user who holds any directory role (graph.md §2).
             raise GraphError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
         now = utc_now_iso()
@@ -561,6 +670,28 @@ class Directory:
         }
 
     # internals ---------------------------------------------------------------------------
+
+    def _lagging_copy(self, uid: str) -> JsonDict | None:
+        """The user as replicas still see it after a recent PATCH, or None when caught up."""
+        entry = self._lagging.get(uid)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            del self._lagging[uid]
+            return None
+        return entry[0]
+
+    def _lagging_view(self, node: FilterNode, found: set[str]) -> dict[str, JsonDict | None]:
+        """Results as the lagging index has them: recently patched users matched by their old copy."""
+        view: dict[str, JsonDict | None] = dict.fromkeys(found)
+        for uid in list(self._lagging):
+            before = self._lagging_copy(uid)
+            if before is None or uid not in self._users:
+                continue
+            view.pop(uid, None)
+            if matches(before, node):
+                view[uid] = before
+        return view
 
     def _find(self, key: str) -> JsonDict | None:
         lowered = key.lower()
@@ -677,6 +808,14 @@ class Directory:
             return demoted
         rest = [a for a in demoted if _strip_smtp(a).lower() != mail.lower()]
         return ["SMTP:" + mail, *rest]
+
+
+def _and_parts(node: FilterNode | None) -> tuple[FilterNode, ...]:
+    if node is None:
+        return ()
+    if isinstance(node, BoolOp) and node.op == "and":
+        return node.parts
+    return (node,)
 
 
 def _echo_message_info(info: JsonDict | None) -> JsonDict:

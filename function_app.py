@@ -4,6 +4,7 @@ import azure.functions as func
 
 from shared.api import handlers as api
 from shared.bulk.job import run_bulk_job
+from shared.reset.backlog import observe_backlog
 from shared.reset.retention import run_retention
 from shared.reset.worker import handle_poison_message, handle_request_message
 
@@ -30,7 +31,9 @@ async def _http(handler: api.Handler, req: func.HttpRequest) -> func.HttpRespons
 @app.queue_trigger(arg_name="msg", queue_name="%RESET_REQUEST_QUEUE%", connection="AzureWebJobsStorage")
 async def process_reset(msg: func.QueueMessage) -> None:
     """A reset request from the queue: reset, or poison with a reason, or raise for a retry."""
-    await handle_request_message(msg.get_body(), message_id=msg.id or "", dequeue_count=msg.dequeue_count or 1)
+    await handle_request_message(
+        msg.get_body(), message_id=msg.id or "", dequeue_count=msg.dequeue_count or 1, inserted_at=msg.insertion_time
+    )
 
 
 @app.function_name("record_poisoned_reset")
@@ -52,6 +55,13 @@ async def bulk_reset_job(timer: func.TimerRequest) -> None:
 async def purge_finished_resets(timer: func.TimerRequest) -> None:
     """Hourly: delete records finished RETENTION_DAYS ago, erase redeem URLs nobody fetched in REDEEM_URL_HOURS."""
     await run_retention()
+
+
+@app.function_name("observe_backlog")
+@app.timer_trigger(arg_name="timer", schedule="0 */5 * * * *", run_on_startup=False, use_monitor=False)
+async def observe_backlog_job(timer: func.TimerRequest) -> None:
+    """Every five minutes: poison depth and stuck requests, as metrics for the workbook and alerts."""
+    await observe_backlog()
 
 
 @app.route(route="resets", methods=ALL_METHODS)

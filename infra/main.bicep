@@ -32,9 +32,9 @@ param logAnalyticsName string = ''
 param applicationInsightsName string = ''
 
 // ---------------------------------------------------------------------------------------------
-// Scale and Graph write budget. The tenant-wide write rate is at most
-// maximumInstanceCount x worker processes per instance (1 on Flex) x graphWritesPerSecond;
-// infra/README.md explains how that compares with Graph's write quotas.
+// Scale and the Graph write budget. The budget is app-wide: every instance draws its write
+// slots from one schedule in the state table, so it holds whatever maximumInstanceCount is
+// (docs/operations.md, "The Graph write budget").
 // ---------------------------------------------------------------------------------------------
 @minValue(40)
 @maxValue(1000)
@@ -49,8 +49,12 @@ param maximumInstanceCount int = 40
 @description('Memory per instance in MB.')
 param instanceMemoryMB int = 2048
 
-@description('GRAPH_WRITES_PER_SECOND: Graph writes per second each worker process may send (a positive decimal). 0.5 x 40 instances = 20 writes/s, the per app+tenant write quota.')
-param graphWritesPerSecond string = '0.5'
+@description('GRAPH_WRITES_PER_SECOND: Graph writes per second for the whole app, all instances together (a positive decimal). 18 keeps 10% under Graph\'s 3,000 writes per 150 s per app and tenant.')
+param graphWritesPerSecond string = '18'
+
+@minValue(1)
+@description('GRAPH_WRITE_BURST: writes the app may send at once after an idle spell, before the per-second pace applies.')
+param graphWriteBurst int = 15
 
 @description('GRAPH_RETRY_DELAYS: seconds between Graph retries, comma separated (Retry-After wins when Graph sends it).')
 param graphRetryDelays string = '1,2,4,8'
@@ -123,6 +127,20 @@ param resultQueueName string = 'guest-reset-results'
 
 @description('RESET_STATUS_TABLE: table holding one status record per requestId.')
 param statusTableName string = 'GuestResetStatus'
+
+@description('RESET_STATE_TABLE: table holding the state all instances share (the Graph write budget\'s schedule).')
+param stateTableName string = 'GuestResetState'
+
+// ---------------------------------------------------------------------------------------------
+// Monitoring: a workbook and alert rules on Application Insights (docs/operations.md is the runbook).
+// ---------------------------------------------------------------------------------------------
+@description('Email address that receives the alerts (an action group). Empty: the alert rules still fire and show in the portal, but notify nobody.')
+param alertEmailAddress string = ''
+
+@minValue(1)
+@maxValue(100)
+@description('Alert when more than this percentage of finished requests failed over 30 minutes (at least 10 finished).')
+param alertFailureRatePercent int = 10
 
 // ---------------------------------------------------------------------------------------------
 // Permissions and front-door options.
@@ -239,6 +257,7 @@ module storage 'app/storage.bicep' = {
     ]
     tableNames: [
       statusTableName
+      stateTableName
     ]
     logAnalyticsWorkspaceId: enableStorageDiagnostics ? monitoring.outputs.logAnalyticsWorkspaceId : ''
   }
@@ -286,6 +305,7 @@ module api 'app/api.bicep' = {
     requestQueueName: requestQueueName
     resultQueueName: resultQueueName
     statusTableName: statusTableName
+    stateTableName: stateTableName
     graphBaseUrl: graphBaseUrl
     inviteRedirectUrl: inviteRedirectUrl
     sendInvitationMessage: sendInvitationMessage
@@ -293,6 +313,7 @@ module api 'app/api.bicep' = {
     blockedEmailDomains: blockedEmailDomains
     allowMemberReset: allowMemberReset
     graphWritesPerSecond: graphWritesPerSecond
+    graphWriteBurst: graphWriteBurst
     graphRetryDelays: graphRetryDelays
     graphMaxAttempts: graphMaxAttempts
     graphTimeoutSeconds: graphTimeoutSeconds
@@ -314,6 +335,19 @@ module api 'app/api.bicep' = {
     allowCustomMessageBody: allowCustomMessageBody
     retentionDays: retentionDays
     redeemUrlHours: redeemUrlHours
+  }
+}
+
+module observability 'app/observability.bicep' = {
+  name: 'observability'
+  scope: rg
+  params: {
+    namePrefix: 'guest-reset-${resourceToken}'
+    location: location
+    tags: tags
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    alertEmailAddress: alertEmailAddress
+    failureRatePercent: alertFailureRatePercent
   }
 }
 
@@ -343,5 +377,7 @@ output AZURE_MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output AZURE_MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output AZURE_APPLICATION_INSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
 output AZURE_LOG_ANALYTICS_WORKSPACE_NAME string = monitoring.outputs.logAnalyticsWorkspaceName
+output AZURE_RESET_STATE_TABLE string = stateTableName
+output AZURE_WORKBOOK_ID string = observability.outputs.workbookId
 output GRAPH_PERMISSION_GRANTED_BY_DEPLOYMENT bool = grantGraphPermission
 output AZURE_API_CLIENT_ID string = apiClientId

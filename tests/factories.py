@@ -133,6 +133,7 @@ def isolated_env(connection_string: str, graph_base_url: str, **overrides: str) 
         "RESET_REQUEST_QUEUE": f"req-{suffix}",
         "RESET_RESULT_QUEUE": f"res-{suffix}",
         "RESET_STATUS_TABLE": f"Status{suffix}",
+        "RESET_STATE_TABLE": f"State{suffix}",
         "GRAPH_RETRY_DELAYS": "0.05,0.1",
         "GRAPH_MAX_ATTEMPTS": "4",
         "GRAPH_WRITES_PER_SECOND": "50",

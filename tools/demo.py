@@ -1,7 +1,8 @@
 """`make demo`: run the whole app locally on the embedded defaults and show what happened.
 
 Starts a fresh Azurite, the Graph emulator and the local runner (which loads function_app.py),
-enqueues a few typical requests, waits for each to end, prints their outcomes, stops everything.
+enqueues a few typical requests, waits for each to end, prints their outcomes, stops everything,
+and ends with a summary from the app's own metrics: the instruments operators chart in Azure.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.platform.settings import DEFAULTS
+from tools import metrics
 from tools.azurite import running_azurite
 from tools.devhost import running_devhost
 from tools.graph_emulator.runner import running_emulator
@@ -56,7 +58,7 @@ def main() -> int:
             # The production pace (6 a minute) would make the demo wait for its invitation slots.
             "INVITATIONS_PER_MINUTE": "600",
         }
-        with running_devhost(REPO_ROOT, env=env) as host:
+        with running_devhost(REPO_ROOT, env=env, metrics=True) as host:
             console.print(f"local runner at {host.base_url} (function_app.py)")
             queue = QueueClient.from_connection_string(azurite.connection_string, DEFAULTS["RESET_REQUEST_QUEUE"])
             ids: dict[str, str] = {}
@@ -70,6 +72,7 @@ def main() -> int:
             invitations = len(graph.control.invitations())
             throttled = {e["path"].split("/")[2] for e in graph.control.journal() if e["status"] == 429}
     _print(console, outcomes, invitations, throttled)
+    _print_metrics(console, metrics.load(host.metrics_path or Path("-")))
     finished = all(o.get("Status") in {"Succeeded", "Failed", "DryRunPassed"} for o in outcomes.values())
     return 0 if finished else 1
 
@@ -104,6 +107,30 @@ def _print(console: Console, outcomes: dict[str, dict[str, Any]], invitations: i
         table.add_row(label, status, entity.get("ErrorCode") or "", str(entity.get("Attempts", "")), where, note)
     console.print(table)
     console.print(f"invitations the Graph emulator received: {invitations}")
+
+
+def _print_metrics(console: Console, points: list[metrics.Point]) -> None:
+    """What Application Insights would show for this run, from the same instruments."""
+    table = Table(title="What operators see (the app's OpenTelemetry metrics)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for outcome, count in sorted(metrics.by(points, "guest_reset.resets", "outcome").items()):
+        table.add_row(f"resets, outcome {outcome}", f"{count:.0f}")
+    failed = [p for p in points if p.name == "guest_reset.resets" and p.attributes.get("outcome") == "Failed"]
+    for code, count in sorted(metrics.by(failed, "guest_reset.resets", "code").items()):
+        table.add_row(f"  Failed with code {code}", f"{count:.0f}")
+    for status, count in sorted(metrics.by(points, "guest_reset.graph.duration", "status").items()):
+        table.add_row(f"Graph calls answered {status}", f"{count:.0f}")
+    table.add_row("Graph 429s", f"{metrics.total(points, 'guest_reset.graph.throttled'):.0f}")
+    waited = metrics.histogram_sum(points, "guest_reset.budget.wait")
+    table.add_row(
+        "Graph writes (seconds waited for the budget)",
+        f"{metrics.total(points, 'guest_reset.budget.wait'):.0f} ({waited:.2f} s)",
+    )
+    table.add_row(
+        "storage operations spent on the budget", f"{metrics.total(points, 'guest_reset.fleet.storage_ops'):.0f}"
+    )
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ param instanceMemoryMB int = 2048
 param requestQueueName string
 param resultQueueName string
 param statusTableName string
+param stateTableName string
 param graphBaseUrl string
 param inviteRedirectUrl string
 param sendInvitationMessage bool
@@ -36,6 +37,7 @@ param allowedEmailDomains string
 param blockedEmailDomains string
 param allowMemberReset bool
 param graphWritesPerSecond string
+param graphWriteBurst int
 param graphRetryDelays string
 param graphMaxAttempts int
 param graphTimeoutSeconds int
@@ -167,9 +169,15 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     AZURE_CLIENT_ID: identityClientId
     APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+    // The worker streams its own OpenTelemetry (host.json telemetryMode OpenTelemetry); the
+    // libraries' HTTP spans stay off: their URLs would carry Graph $filter email addresses and
+    // Logic Apps callback signatures (docs/operations.md, Telemetry).
+    PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+    OTEL_PYTHON_DISABLED_INSTRUMENTATIONS: 'httpx,httpx2,requests,urllib,urllib3'
     RESET_REQUEST_QUEUE: requestQueueName
     RESET_RESULT_QUEUE: resultQueueName
     RESET_STATUS_TABLE: statusTableName
+    RESET_STATE_TABLE: stateTableName
     GRAPH_BASE_URL: graphBaseUrl
     // The tenant the app works in: the default redirect opens My Apps in it (?tenantId=).
     AZURE_TENANT_ID: tenant().tenantId
@@ -179,6 +187,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     BLOCKED_EMAIL_DOMAINS: blockedEmailDomains
     ALLOW_MEMBER_RESET: allowMemberReset ? 'true' : 'false'
     GRAPH_WRITES_PER_SECOND: graphWritesPerSecond
+    GRAPH_WRITE_BURST: string(graphWriteBurst)
     GRAPH_RETRY_DELAYS: graphRetryDelays
     GRAPH_MAX_ATTEMPTS: string(graphMaxAttempts)
     GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)

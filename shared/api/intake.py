@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.api.principal import Access
+from shared.platform import telemetry
 from shared.platform.errors import IntakeError, InvalidRequestError, ResetError
 from shared.platform.logs import app_logger
 from shared.reset import capabilities
@@ -149,7 +150,8 @@ def validate_submission(
 
 
 async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str, access: Access) -> Receipt:
-    text = canonical_json(request, requestId=request_id)
+    # The message carries this trace, so the worker's span joins it (one trace per request).
+    text = canonical_json(request, requestId=request_id, traceparent=telemetry.current_traceparent())
     record = StatusRecord.for_request(
         request,
         request_id,
@@ -190,6 +192,7 @@ async def accept(runtime: Runtime, requests: list[tuple[ResetRequest, str]], acc
         async with gate:
             return await _accept_one(runtime, request, request_id, access)
 
-    receipts = await asyncio.gather(*(one(r, rid) for r, rid in requests))
+    with telemetry.span("accept resets", requests=len(requests), requestId=requests[0][1]):
+        receipts = await asyncio.gather(*(one(r, rid) for r, rid in requests))
     log.info("accepted %d request(s), the first %s", len(receipts), receipts[0].request_id)
     return list(receipts)

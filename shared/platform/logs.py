@@ -124,7 +124,28 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
             formatted = logging.Formatter().formatException(record.exc_info)
             record.exc_text = redact(formatted)
+            if record.exc_text != formatted:
+                # Handlers that read exc_info themselves (OpenTelemetry's, for exception.message
+                # and exception.stacktrace) get an exception whose text is redacted too.
+                record.exc_info = _redacted_exc_info(record.exc_info)
         return True
+
+
+_STAND_INS: dict[type[BaseException], type[Exception]] = {}
+
+
+def _redacted_exc_info(exc_info: Any) -> Any:
+    """(type, value, traceback) with the value replaced by a look-alike carrying the redacted message.
+
+    The look-alike has the original's name and module, so a stack trace still names the real
+    exception; its cause chain is dropped (the record's exc_text keeps it, redacted).
+    """
+    kind, value, traceback = exc_info
+    stand_in = _STAND_INS.get(kind)
+    if stand_in is None:
+        stand_in = type(kind.__name__, (Exception,), {"__module__": kind.__module__, "__qualname__": kind.__qualname__})
+        _STAND_INS[kind] = stand_in
+    return stand_in, stand_in(redact(str(value))), traceback
 
 
 _FILTERS: tuple[logging.Filter, ...] = (ContextFilter(), RedactingFilter())

@@ -11,6 +11,7 @@ import unicodedata
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared.platform import telemetry
 from shared.platform.logs import app_logger
 from shared.platform.settings import Settings
 from shared.reset.status import StatusRecord
@@ -102,13 +103,23 @@ async def notify(record: StatusRecord, settings: Settings, *, delays: tuple[floa
     if not await resolves_to_public_addresses(url):
         log.warning("callback host does not resolve to public addresses only; not called")
         return False
+    payload: dict[str, Any] = record.public()
+    # The host only: a Logic Apps callback URL carries its signature in the query string.
+    attributes = {"http.request.method": "POST", "server.address": urlsplit(url).hostname or ""}
+    with telemetry.span("POST callback", kind="client", **attributes) as span:
+        delivered = await _post(url, payload, delays)
+        span.set_attribute("delivered", delivered)
+    return delivered
+
+
+async def _post(url: str, payload: dict[str, Any], delays: tuple[float, ...]) -> bool:
     import httpx
 
-    payload: dict[str, Any] = record.public()
     async with httpx.AsyncClient(timeout=10.0, follow_redirects=False, verify=TLS_VERIFY) as client:
         for attempt, delay in enumerate((*delays, None), start=1):
             try:
-                response = await client.post(url, json=payload)
+                with telemetry.quiet():
+                    response = await client.post(url, json=payload)
                 if response.status_code < 400:
                     log.info("callback delivered")
                     return True

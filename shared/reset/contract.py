@@ -38,6 +38,9 @@ _UPN_RE = re.compile(r"^[^\s@]+@[A-Za-z0-9.\-]+$")
 _LANGUAGE_RE = re.compile(r"^[a-zA-Z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 # requestId becomes a Table partition key: no / \ # ? or control characters.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+# W3C Trace Context, version 00: https://www.w3.org/TR/trace-context/#traceparent-header
+_TRACEPARENT_RE = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACEPARENT_IN_JSON = re.compile(rb'"traceparent"\s*:\s*"(00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2})"')
 
 
 def _email(value: str) -> str:
@@ -130,6 +133,11 @@ class ResetRequest(BaseModel):
         None, description="https URL that receives the outcome; its host must be on the allowlist."
     )
     dry_run: StrictBool = Field(False, description="Do every check and Graph read, send nothing.")
+    traceparent: Annotated[str, Field(pattern=_TRACEPARENT_RE.pattern)] | None = Field(
+        None,
+        description="W3C trace context of the trace this request belongs to. Intake sets it on the "
+        "messages it enqueues; a producer that traces may set its own.",
+    )
 
     @model_validator(mode="after")
     def _one_user_key(self) -> Self:
@@ -265,6 +273,13 @@ def request_id_hint(raw: bytes | str) -> str | None:
     except InvalidRequestError:
         return None
     return value if isinstance(value, str) and _REQUEST_ID_RE.match(value) else None
+
+
+def traceparent_hint(raw: bytes) -> str | None:
+    """The traceparent of a plain-JSON message body, found without parsing it (the worker's span
+    starts before the body is validated)."""
+    found = _TRACEPARENT_IN_JSON.search(raw)
+    return found.group(1).decode("ascii") if found else None
 
 
 # Table string properties hold at most 32K characters; larger requests are not kept for replay.

@@ -32,6 +32,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
+from shared.platform import telemetry
 from shared.platform.errors import (
     ROLE_CALL,
     USER_CALL,
@@ -45,8 +46,9 @@ from shared.platform.errors import (
 )
 from shared.platform.logs import app_logger, mask_email
 from shared.platform.settings import Settings
+from shared.reset.budget import WriteBudget
 from shared.reset.graph import USER_SELECT, GuestUser, InvitationBody, RoleAssignment, SentInvitation
-from shared.reset.throttle import RetryPolicy, WriteBudget, call_with_retries
+from shared.reset.throttle import RetryPolicy, call_with_retries
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -153,6 +155,7 @@ class SdkGraphGateway:
         self._credential = credential
         self._adapter: RequestAdapter | None = None
         self._tenant_id: str | None = None
+        self._host = urlsplit(settings.graph_base_url).hostname or ""
 
     def _request_adapter(self) -> RequestAdapter:
         if self._adapter is None:
@@ -160,6 +163,7 @@ class SdkGraphGateway:
             from kiota_authentication_azure.azure_identity_authentication_provider import (
                 AzureIdentityAuthenticationProvider,
             )
+            from kiota_http import ObservabilityOptions
             from kiota_http.middleware.options import (
                 HeadersInspectionHandlerOption,
                 ParametersNameDecodingHandlerOption,
@@ -192,6 +196,9 @@ class SdkGraphGateway:
             )
             adapter = GraphRequestAdapter(auth, client=http)
             adapter.base_url = settings.graph_base_url
+            # Should the SDK's spans ever be recorded (a sampler that ignores telemetry.quiet),
+            # they must not carry full URLs: our $filter values hold email addresses.
+            adapter.observability_options = ObservabilityOptions(include_euii_attributes=False)
             self._adapter = adapter
         return self._adapter
 
@@ -228,13 +235,30 @@ class SdkGraphGateway:
         info.add_request_options([ResponseHandlerOption(NativeResponseHandler())])
 
         write = method != "GET"
-        if write:
-            await self._budget.acquire_write()
-        else:
-            await self._budget.wait_if_paused()
+        route = template.partition("{?")[0]
+        attributes = {"http.request.method": method, "url.template": route, "server.address": self._host}
+        with telemetry.span(f"{method} {route}", kind="client", **attributes) as span:
+            if write:
+                await self._budget.acquire_write()
+            else:
+                await self._budget.wait_if_paused()
+            response = await self._transmit(adapter, info, method, route, write)
+            span.set_attribute("http.response.status_code", response.status_code)
+            if response.headers.get("request-id"):
+                span.set_attribute("graphRequestId", response.headers["request-id"])
+            return self._interpret(response, method, route, write, call)
+
+    async def _transmit(self, adapter: RequestAdapter, info: Any, method: str, route: str, write: bool) -> Any:
+        """The HTTP exchange itself, timed; transport failures become ours."""
+        started = time.perf_counter()
+        status = "error"
         try:
-            # With NativeResponseHandler the adapter hands back the raw httpx.Response.
-            response: Any = await adapter.send_primitive_async(info, "bytes", None)
+            # The SDK's own spans (a dozen per call, with full URLs) are not recorded: ours is the one.
+            with telemetry.quiet():
+                # With NativeResponseHandler the adapter hands back the raw httpx.Response.
+                response: Any = await adapter.send_primitive_async(info, "bytes", None)
+            if isinstance(response, httpx.Response):
+                status = str(response.status_code)
         except httpx.ConnectError as fault:
             raise TransientError(f"cannot reach Graph: {fault}", code="GraphUnreachable") from None
         except (httpx.TimeoutException, httpx.TransportError) as fault:
@@ -243,8 +267,19 @@ class SdkGraphGateway:
                 f"Graph call {method} failed in transit ({type(fault).__name__})",
                 code="GraphTimeout" if isinstance(fault, httpx.TimeoutException) else "GraphConnectionLost",
             ) from None
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            telemetry.record("guest_reset.graph.duration", elapsed_ms, method=method, route=route, status=status)
         if not isinstance(response, httpx.Response):
             raise TransientError("Graph returned no response", code="GraphConnectionLost")
+        if response.status_code == 429:
+            telemetry.count("guest_reset.graph.throttled", method=method, route=route)
+        return response
+
+    def _interpret(
+        self, response: httpx.Response, method: str, route: str, write: bool, call: GraphCall | None
+    ) -> tuple[Any, str | None]:
+        """Parsed JSON and request-id of a success; a classified error otherwise."""
         parsed: Any = None
         if response.content:
             try:
@@ -253,6 +288,8 @@ class SdkGraphGateway:
                 parsed = None
         if response.status_code >= 400:
             error = classify_graph_response(response.status_code, parsed, response.headers, call=call)
+            if error.code == "GraphThrottled" and error.retry_after is not None:
+                telemetry.record("guest_reset.graph.retry_after", error.retry_after, method=method, route=route)
             if write and response.status_code in _AMBIGUOUS_STATUSES:
                 raise AmbiguousOutcomeError(
                     error.message,

@@ -48,6 +48,18 @@ class Publisher:
         """Enqueue a request; ``delay`` seconds keeps it invisible that long (a deferred delivery)."""
         await self._send(self._requests, body, delay=delay)
 
+    async def poison_depth(self) -> int:
+        """Messages waiting in the poison queue (approximate, as the service counts them)."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            properties = await self._poison.get_queue_properties()
+        except AzureError as error:
+            raise TransientError(
+                f"queue {self._poison.queue_name} unavailable: {type(error).__name__}", code="StorageUnavailable"
+            ) from error
+        return int(properties.approximate_message_count or 0)
+
     async def aclose(self) -> None:
         for queue in (self._results, self._poison, self._requests):
             await queue.close()

@@ -12,13 +12,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from shared.platform import telemetry
+from shared.platform.fleet import FleetState
 from shared.platform.logs import configure_logging
 from shared.platform.settings import Settings, get_settings
 from shared.reset.breaker import GateStore, InvitationGate
+from shared.reset.budget import TableLedger, WriteBudget
 from shared.reset.graph import GraphGateway
 from shared.reset.queues import Publisher
 from shared.reset.status import StatusStore
-from shared.reset.throttle import RetryPolicy, WriteBudget
+from shared.reset.throttle import RetryPolicy
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -32,23 +35,25 @@ class Runtime:
     status: StatusStore
     publisher: Publisher
     gate: InvitationGate
+    # App-wide state every instance shares (the write budget's schedule), and the budget itself.
+    fleet: FleetState | None = None
+    budget: WriteBudget | None = None
 
     async def aclose(self) -> None:
+        if self.budget is not None:
+            await self.budget.aclose()
         await self.graph.aclose()
         await self.status.aclose()
         await self.publisher.aclose()
         await self.gate.store.aclose()
+        if self.fleet is not None:
+            await self.fleet.aclose()
 
 
-# One budget per process: every concurrent reset in this worker shares it.
-_budget: WriteBudget | None = None
-
-
-def write_budget(settings: Settings) -> WriteBudget:
-    global _budget
-    if _budget is None:
-        _budget = WriteBudget(settings.graph_writes_per_second)
-    return _budget
+def write_budget(settings: Settings, fleet: FleetState) -> WriteBudget:
+    """The app-wide write budget, as seen from this instance (one per runtime, state in storage)."""
+    ledger = TableLedger(fleet, settings.graph_writes_per_second, settings.graph_write_burst)
+    return WriteBudget(settings.graph_writes_per_second, burst=settings.graph_write_burst, ledger=ledger)
 
 
 async def build_runtime(settings: Settings) -> Runtime:
@@ -56,9 +61,11 @@ async def build_runtime(settings: Settings) -> Runtime:
     from shared.reset.graph_sdk import SdkGraphGateway
 
     policy = RetryPolicy(settings.graph_retry_delays, settings.graph_max_attempts)
+    fleet = FleetState(table_client(settings.storage, settings.state_table))
+    budget = write_budget(settings, fleet)
     runtime = Runtime(
         settings=settings,
-        graph=SdkGraphGateway(settings, budget=write_budget(settings), policy=policy),
+        graph=SdkGraphGateway(settings, budget=budget, policy=policy),
         status=StatusStore(table_client(settings.storage, settings.status_table)),
         publisher=Publisher(
             results=queue_client(settings.storage, settings.result_queue),
@@ -66,9 +73,12 @@ async def build_runtime(settings: Settings) -> Runtime:
             requests=queue_client(settings.storage, settings.request_queue),
         ),
         gate=InvitationGate(GateStore(table_client(settings.storage, settings.status_table)), settings),
+        fleet=fleet,
+        budget=budget,
     )
     await runtime.status.ensure()
     await runtime.publisher.ensure()
+    await fleet.ensure()
     return runtime
 
 
@@ -125,6 +135,7 @@ async def get_runtime() -> Runtime:
     async with lock:
         runtime = _runtimes.get(loop)
         if runtime is None:
+            telemetry.configure()
             configure_logging()
             runtime = await _factory(get_settings())
             _runtimes[loop] = runtime
@@ -146,7 +157,5 @@ async def close_runtime() -> None:
 
 
 def reset_runtime() -> None:
-    """Forget every cached runtime and the write budget (tests)."""
-    global _budget
+    """Forget every cached runtime (tests)."""
     _runtimes.clear()
-    _budget = None

@@ -1,20 +1,22 @@
-"""Pacing of Graph calls: one write budget per worker process, and the retry schedule.
+"""Retries of Graph calls: the schedule, and the pause a 429 puts on the app-wide write budget.
 
-All concurrent resets in a worker share one ``WriteBudget`` so that together they stay under
-the configured writes per second; a 429 pauses everyone for the Retry-After Graph asked for.
+The budget itself (``WriteBudget``, shared by every instance through storage) lives in
+``shared.reset.budget``; a 429 pauses every instance for the Retry-After Graph asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from shared.platform.errors import AmbiguousOutcomeError, ResetError, TransientError
 from shared.platform.logs import app_logger
+from shared.reset.budget import WriteBudget
+
+__all__ = ["MAX_IN_PROCESS_WAIT", "RetryPolicy", "WriteBudget", "call_with_retries"]
 
 log = app_logger()
 T = TypeVar("T")
@@ -22,51 +24,6 @@ T = TypeVar("T")
 # Graph may ask for waits longer than a queue invocation should sleep; past this the message
 # is released and the host redelivers it later instead.
 MAX_IN_PROCESS_WAIT = 120.0
-
-
-class WriteBudget:
-    """Evenly spaced write slots (a token bucket with a burst of one) plus a shared pause.
-
-    Loop-agnostic on purpose: it only does arithmetic on a monotonic clock and sleeps, so the
-    same instance serves every event loop and thread of the worker.
-    """
-
-    def __init__(
-        self,
-        per_second: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.interval = 1.0 / per_second
-        self._clock = clock
-        self._sleep = sleep
-        self._next_slot = 0.0
-        self._paused_until = 0.0
-
-    def _reserve(self, *, write: bool) -> float:
-        now = self._clock()
-        start = max(now, self._paused_until)
-        if write:
-            start = max(start, self._next_slot)
-            self._next_slot = start + self.interval
-        return start - now
-
-    async def acquire_write(self) -> None:
-        """Wait for this worker's next write slot."""
-        delay = self._reserve(write=True)
-        if delay > 0:
-            await self._sleep(delay)
-
-    async def wait_if_paused(self) -> None:
-        """Reads are not budgeted, but they respect a pause Graph asked for."""
-        delay = self._reserve(write=False)
-        if delay > 0:
-            await self._sleep(delay)
-
-    def pause(self, seconds: float) -> None:
-        """Hold every call of this worker for ``seconds`` (Graph's Retry-After)."""
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
+from shared.platform import telemetry
 from shared.platform.errors import HoldError, InvalidRequestError, ResetError
 from shared.platform.logs import app_logger, bind, bind_request, mask_email, mask_url_secrets, redact, redacted
 from shared.reset import capabilities, policy
@@ -22,6 +24,7 @@ from shared.reset.contract import (
     parse_request,
     request_id_hint,
     stored_request,
+    traceparent_hint,
 )
 from shared.reset.runtime import Runtime, get_runtime
 from shared.reset.service import ResetService
@@ -66,20 +69,37 @@ def _envelope(
     }
 
 
-async def handle_request_message(body: bytes, *, message_id: str, dequeue_count: int) -> None:
+async def handle_request_message(
+    body: bytes, *, message_id: str, dequeue_count: int, inserted_at: datetime | None = None
+) -> None:
     """Process one delivery of a reset request from the request queue.
 
-    Every record written meanwhile carries the delivery's context; whatever is raised to the
+    Every record written meanwhile carries the delivery's context, and the delivery is one span
+    of the request's trace (its traceparent rides in the message); whatever is raised to the
     host (which logs it as it is) has its message redacted first.
     """
-    with bind_request(messageId=message_id, dequeueCount=dequeue_count):
+    with (
+        bind_request(messageId=message_id, dequeueCount=dequeue_count),
+        telemetry.span(
+            "process reset", kind="consumer", traceparent=traceparent_hint(body), dequeueCount=dequeue_count
+        ),
+    ):
+        if inserted_at is not None:
+            telemetry.record("guest_reset.queue.age", max(0.0, (utcnow() - inserted_at).total_seconds()))
         try:
             await _deliver(body, message_id=message_id, dequeue_count=dequeue_count)
         except ResetError as error:
             raise redacted(error) from None
         except Exception as error:
+            _outcome("Retried", type(error).__name__)
             log.exception("the delivery crashed; the host will retry it")
             raise redacted(error) from None
+
+
+def _outcome(outcome: str, code: str | None = None) -> None:
+    """Count a delivery's outcome and put it on the delivery's span."""
+    telemetry.count("guest_reset.resets", outcome=outcome, code=code)
+    telemetry.annotate(outcome=outcome, code=code)
 
 
 async def _deliver(body: bytes, *, message_id: str, dequeue_count: int) -> None:
@@ -95,12 +115,15 @@ async def _deliver(body: bytes, *, message_id: str, dequeue_count: int) -> None:
     except InvalidRequestError as error:
         request_id = request_id_hint(body) or message_id
         bind(requestId=request_id, code=error.code)
+        telemetry.annotate(requestId=request_id)
         log.warning("invalid request sent to poison: %s", error.message)
         await runtime.publisher.send_poison(_envelope(body, request_id, error, 1, ()))
+        _outcome("Poisoned", error.code)
         return
 
     request_id = request.request_id or message_id
     bind(requestId=request_id, ticketId=request.ticket_id)
+    telemetry.annotate(requestId=request_id, ticketId=request.ticket_id)
     template = StatusRecord.for_request(
         request, request_id, Status.PROCESSING, message_hash=body_hash, submitted_by=capabilities.QUEUE_PRODUCER
     )
@@ -133,6 +156,7 @@ async def _deliver(body: bytes, *, message_id: str, dequeue_count: int) -> None:
         await _release_quietly(runtime, record, "crashed", error=type(error).__name__)
         raise
     await runtime.publisher.send_result(final.public())
+    _outcome(str(final.status))
     await notify(final, runtime.settings)
 
 
@@ -145,9 +169,11 @@ async def _fail(runtime: Runtime, body: bytes, record: StatusRecord, error: Rese
         await runtime.publisher.send_poison(_envelope(body, record.request_id, error, latest.attempts, history))
         await _release_quietly(runtime, latest, "poisoned", fresh=True, code=error.code, message=error.message)
         log.warning("request sent to poison: %s", error.message)
+        _outcome("Poisoned", error.code)
         return
     await _release_quietly(runtime, record, "transientFailure", code=error.code, message=error.message)
     log.warning("transient failure, the host will redeliver: %s", error.message)
+    _outcome("Retried", error.code)
     raise error
 
 
@@ -168,7 +194,10 @@ async def _release_quietly(
 async def handle_poison_message(body: bytes, *, message_id: str) -> None:
     """Record Failed and publish the result for a poisoned request. Never raises."""
     try:
-        with bind_request(messageId=message_id):
+        with (
+            bind_request(messageId=message_id),
+            telemetry.span("record poisoned reset", kind="consumer", traceparent=traceparent_hint(body)),
+        ):
             await _record_poisoned(body, message_id)
     except Exception:
         # A poison queue has no poison queue of its own: raising would only make the host
@@ -244,6 +273,7 @@ async def _record_poisoned(body: bytes, message_id: str) -> None:
         )
     )
     bind(code=final.error_code)
+    telemetry.count("guest_reset.resets", outcome="Failed", code=final.error_code)
     log.warning("request failed: %s", final.error_message)
     await runtime.publisher.send_result(final.public())
     await notify(final, runtime.settings)

@@ -45,6 +45,7 @@ EXPECTED_BICEP_FILES = {
     "app/graph-permission.bicep",
     "app/identity.bicep",
     "app/monitoring.bicep",
+    "app/observability.bicep",
     "app/rbac.bicep",
     "app/storage.bicep",
 }
@@ -72,7 +73,6 @@ FLEX_UNSUPPORTED_SETTINGS = {
 
 # Graph's published identity write quotas (learn.microsoft.com/graph/throttling-limits).
 GRAPH_APP_TENANT_WRITES_PER_SECOND = 3000 / 150  # 3,000 writes per 2 min 30 s per app+tenant
-WORKER_PROCESSES_PER_FLEX_INSTANCE = 1  # FUNCTIONS_WORKER_PROCESS_COUNT is not valid on Flex
 
 Node = dict[str, Any]
 
@@ -281,7 +281,7 @@ def test_storage_creates_the_app_queues_table_and_containers() -> None:
 
     params = body(tree(MAIN)["modules"]["storage"])["params"]
     assert params["queueNames"] == ["requestQueueName", "poisonQueueName", "resultQueueName"]
-    assert params["tableNames"] == ["statusTableName"]
+    assert params["tableNames"] == ["statusTableName", "stateTableName"]
     assert params["containerNames"] == ["deploymentStorageContainerName", "bulkContainerName"]
 
     for resource_type, array in [
@@ -570,19 +570,23 @@ def test_app_service_auth_is_optional_behind_a_bool_parameter() -> None:
     assert props["httpSettings"]["requireHttps"] is True
 
 
-def test_default_scale_stays_within_graph_app_write_quota() -> None:
-    """Default maximumInstanceCount x processes x GRAPH_WRITES_PER_SECOND fits 20 writes/s."""
+def test_default_write_budget_stays_within_graph_app_write_quota() -> None:
+    """GRAPH_WRITES_PER_SECOND is app-wide (shared through the state table), so the default alone must fit
+    Graph's 3,000 writes per 150 s with its burst, whatever maximumInstanceCount is; no per-worker workaround."""
     max_instances = parameter(MAIN, "maximumInstanceCount")
     assert decorator(max_instances, "min_value") == 40  # Flex rejects lower limits
     budget = float(parameter(MAIN, "graphWritesPerSecond")["default"])
-    worst_case = max_instances["default"] * WORKER_PROCESSES_PER_FLEX_INSTANCE * budget
-    assert 0 < worst_case <= GRAPH_APP_TENANT_WRITES_PER_SECOND
+    burst = int(parameter(MAIN, "graphWriteBurst")["default"])
+    assert 0 < budget < GRAPH_APP_TENANT_WRITES_PER_SECOND
+    assert burst + budget * 150 <= 3000 * 0.95  # any 150 s window, with room to spare
+    assert "per worker" not in str(parameter(MAIN, "graphWritesPerSecond").get("decorators", ""))
 
     # azd's parameter file defaults must not quietly raise it.
     values = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
     assert values["maximumInstanceCount"]["value"] == f"${{MAXIMUM_INSTANCE_COUNT={max_instances['default']}}}"
     assert values["graphWritesPerSecond"]["value"] == f"${{GRAPH_WRITES_PER_SECOND={budget:g}}}"
     assert app_settings()["GRAPH_WRITES_PER_SECOND"] == "graphWritesPerSecond"
+    assert app_settings()["RESET_STATE_TABLE"] == "stateTableName"
 
 
 # ---------------------------------------------------------------------------------------------

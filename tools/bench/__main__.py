@@ -1,4 +1,4 @@
-"""``python -m tools.bench [cpu|throughput|loop|import|intake|bulk|all] [--quick] [--strict] [--profile]
+"""``python -m tools.bench [cpu|throughput|loop|import|intake|bulk|fleet|all] [--quick] [--strict] [--profile]
 [--validation-only]``.
 
 Prints one table per benchmark (figures, baseline, ratio, goal, PASS/FAIL). The exit code is
@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from tools.bench.common import BenchResult, print_result, quiet_logging
 from tools.graph_emulator.runner import EmulatorHandle, running_emulator
 
-BENCHMARKS = ("cpu", "throughput", "loop", "import", "intake", "bulk")
+BENCHMARKS = ("cpu", "throughput", "loop", "import", "intake", "bulk", "fleet")
 NO_EMULATOR = {"import", "bulk"}  # these need no Graph emulator
 
 
@@ -40,6 +40,10 @@ def run_one(name: str, emulator: EmulatorHandle | None, args: argparse.Namespace
         from tools.bench import intake
 
         return intake.run(emulator, quick=args.quick)
+    if name == "fleet":
+        from tools.bench import fleet
+
+        return fleet.run(emulator, quick=args.quick)
     if name == "throughput":
         from tools.bench import throughput
 

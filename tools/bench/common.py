@@ -24,12 +24,13 @@ import httpx
 
 from shared.platform.errors import ResetError
 from shared.platform.settings import Settings, parse_settings
+from shared.reset.budget import WriteBudget
 from shared.reset.contract import ResetRequest
 from shared.reset.graph import USER_SELECT, GuestUser, InvitationBody, RoleAssignment, SentInvitation
 from shared.reset.graph_sdk import ROLE_SELECT, PlaceholderCredential, SdkGraphGateway
 from shared.reset.service import ResetService
 from shared.reset.status import Status, StatusRecord, StatusStore
-from shared.reset.throttle import RetryPolicy, WriteBudget
+from shared.reset.throttle import RetryPolicy
 
 JsonDict = dict[str, Any]
 

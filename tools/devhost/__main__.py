@@ -1,4 +1,4 @@
-"""CLI: `python -m tools.devhost [--app-dir DIR] [--host H] [--port P] [--max-polling-interval S] [--ready-file F]`."""
+"""CLI: `python -m tools.devhost [--app-dir DIR] [--port P] [--ready-file F] [--metrics-file F]` (more: --help)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cap on host.json maxPollingInterval, for local speed (default 1.0)",
     )
     parser.add_argument("--ready-file", type=Path, help="write the base URL here once serving")
+    parser.add_argument(
+        "--metrics-file",
+        type=Path,
+        help="record the app's OpenTelemetry metrics in memory and write them here as JSON on exit",
+    )
     return parser.parse_args(argv)
 
 
@@ -55,11 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     # The SDKs log every HTTP request at INFO; keep the log to one line per invocation.
     for noisy in ("azure", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    reader = None
+    if args.metrics_file:
+        from tools import metrics
+
+        # Before the app is loaded, as the Functions worker configures Azure Monitor before it does.
+        reader = metrics.install_reader()
     try:
         asyncio.run(_run(args))
     except StartupError as exc:
         log.error("devhost cannot start: %s", exc)
         return 2
+    finally:
+        if reader is not None:
+            from tools import metrics
+
+            metrics.write(reader, args.metrics_file)
     return 0
 
 

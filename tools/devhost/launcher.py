@@ -30,6 +30,7 @@ class DevHostProcess:
     pid: int
     log_path: Path
     returncode: int | None = None  # set once the process has exited
+    metrics_path: Path | None = None  # the app's metrics as JSON, written when the process exits
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -47,6 +48,7 @@ def running_devhost(
     *,
     max_polling_interval: float = 1.0,
     timeout: float = 30.0,
+    metrics: bool = False,
 ) -> Iterator[DevHostProcess]:
     """Start the devhost for app_dir with `env` layered over this process's environment."""
     workdir = Path(tempfile.mkdtemp(prefix="devhost-"))
@@ -64,9 +66,12 @@ def running_devhost(
         "--ready-file",
         str(ready),
     ]
+    metrics_path = workdir / "metrics.json" if metrics else None
+    if metrics_path is not None:
+        cmd += ["--metrics-file", str(metrics_path)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
-    handle = DevHostProcess(base_url="", pid=proc.pid, log_path=log_path)
+    handle = DevHostProcess(base_url="", pid=proc.pid, log_path=log_path, metrics_path=metrics_path)
     try:
         deadline = time.monotonic() + timeout
         while not ready.exists():

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps demo test lint format unit bench bench-quick chaos chaos-quick schema clean
+.PHONY: deps demo test lint format unit fuzz bench bench-quick chaos chaos-quick schema clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ format: $(STAMP)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
+
+# The long fuzz runs (docs/security.md): 10,000 queue bodies through the worker, 200 examples per
+# API operation in every schemathesis phase. `make test` runs the same tests with short counts.
+fuzz: deps
+	FUZZ_QUEUE_EXAMPLES=10000 FUZZ_API_EXAMPLES=200 $(PY) -m pytest -s --timeout=7200 \
+		tests/integration/test_queue_fuzz.py tests/e2e/test_api_fuzz.py
 
 bench: deps
 	$(PY) -m tools.bench all

@@ -6,11 +6,12 @@ from shared.api import handlers as api
 from shared.bulk.job import run_bulk_job
 from shared.reset.backlog import observe_backlog
 from shared.reset.callbacks import handle_callback_message
+from shared.reset.retention import run_retention
 from shared.reset.sweeper import sweep
 from shared.reset.worker import handle_poison_message, handle_request_message
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # others get a 405 problem, not the host's 404
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]  # others get a 405 problem with Allow
 
 
 async def _http(handler: api.Handler, req: func.HttpRequest) -> func.HttpResponse:
@@ -63,6 +64,13 @@ async def sweep_stalled_requests(timer: func.TimerRequest) -> None:
 async def bulk_reset_job(timer: func.TimerRequest) -> None:
     """CSV files in <BULK_CONTAINER>/incoming/: validate, enqueue, report, move (schedule in UTC)."""
     await run_bulk_job()
+
+
+@app.function_name("purge_finished_resets")
+@app.timer_trigger(arg_name="timer", schedule="0 17 * * * *", run_on_startup=False, use_monitor=True)
+async def purge_finished_resets(timer: func.TimerRequest) -> None:
+    """Hourly: delete records finished RETENTION_DAYS ago, erase redeem URLs nobody fetched in REDEEM_URL_HOURS."""
+    await run_retention()
 
 
 @app.function_name("observe_backlog")

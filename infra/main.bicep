@@ -175,8 +175,34 @@ param authAllowedAudiences array = []
 @description('Client application ids allowed to call the API (for example a Logic App\'s managed identity); empty allows any caller holding a token for the API.')
 param authAllowedClientApplications array = []
 
-@description('ALLOWED_CALLERS: comma-separated object ids, application ids or user names the app accepts from App Service authentication\'s caller headers. Set only together with enableAppServiceAuth: without it those headers are not trustworthy, so the app gets an empty value.')
+@description('ALLOWED_CALLERS: comma-separated object ids or application ids (GUIDs; names can change, ids cannot) the app accepts from App Service authentication\'s caller headers. Set only together with enableAppServiceAuth: without it those headers are not trustworthy, so the app gets an empty value.')
 param allowedCallers string = ''
+
+@description('With enableAppServiceAuth: create the API\'s app registration with its app roles (one per capability, infra/app/api-roles.json) and use it as authClientId. Needs an Entra role that may create applications. When false, give authClientId and add the roles with infra/scripts/api-app-roles.sh.')
+param createApiRegistration bool = false
+
+// ---------------------------------------------------------------------------------------------
+// Least power (docs/security.md). The defaults are the safe ones.
+// ---------------------------------------------------------------------------------------------
+@description('KEY_CAPABILITIES: what a function key holder may do without Entra ID (app role values, comma separated). Empty: Reset.Submit, plus Reset.SwitchEmail once allowedEmailDomains is set.')
+param keyCapabilities string = ''
+
+@description('QUEUE_CAPABILITIES: what a message on the request queue may ask for (Reset.Submit, Reset.SwitchEmail, Reset.MessageOptions). Empty: as keyCapabilities\' default.')
+param queueCapabilities string = ''
+
+@description('REDIRECT_ALLOWED_URLS: comma-separated https URLs a request\'s inviteRedirectUrl may use (that URL or below it). Empty: inviteRedirectUrl alone.')
+param redirectAllowedUrls string = ''
+
+@description('ALLOW_CUSTOM_MESSAGE_BODY: accept customizedMessageBody although Graph drops it for app-only invitations. Off.')
+param allowCustomMessageBody bool = false
+
+@minValue(1)
+@description('RETENTION_DAYS: finished status records are deleted this many days after they finished.')
+param retentionDays int = 30
+
+@minValue(1)
+@description('REDEEM_URL_HOURS: a redeem link nobody fetched is erased this many hours after the reset.')
+param redeemUrlHours int = 72
 
 @allowed([
   'Standard_LRS'
@@ -266,6 +292,17 @@ module rbac 'app/rbac.bicep' = {
   }
 }
 
+module apiRegistration 'app/api-registration.bicep' = if (enableAppServiceAuth && createApiRegistration) {
+  name: 'apiRegistration'
+  scope: rg
+  params: {
+    uniqueName: 'guest-reset-api-${resourceToken}'
+    displayName: 'Guest Redemption Reset API (${environmentName})'
+  }
+}
+
+var apiClientId = enableAppServiceAuth && createApiRegistration ? apiRegistration.outputs.appId : authClientId
+
 module api 'app/api.bicep' = {
   name: 'api'
   scope: rg
@@ -309,10 +346,16 @@ module api 'app/api.bicep' = {
     deliveryDeadlineSeconds: deliveryDeadlineSeconds
     readbackWindowSeconds: readbackWindowSeconds
     enableAppServiceAuth: enableAppServiceAuth
-    authClientId: authClientId
+    authClientId: apiClientId
     authAllowedAudiences: authAllowedAudiences
     authAllowedClientApplications: authAllowedClientApplications
     allowedCallers: allowedCallers
+    keyCapabilities: keyCapabilities
+    queueCapabilities: queueCapabilities
+    redirectAllowedUrls: redirectAllowedUrls
+    allowCustomMessageBody: allowCustomMessageBody
+    retentionDays: retentionDays
+    redeemUrlHours: redeemUrlHours
   }
 }
 
@@ -358,3 +401,4 @@ output AZURE_LOG_ANALYTICS_WORKSPACE_NAME string = monitoring.outputs.logAnalyti
 output AZURE_RESET_STATE_TABLE string = stateTableName
 output AZURE_WORKBOOK_ID string = observability.outputs.workbookId
 output GRAPH_PERMISSION_GRANTED_BY_DEPLOYMENT bool = grantGraphPermission
+output AZURE_API_CLIENT_ID string = apiClientId

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from shared.platform.settings import Settings, get_settings, parse_settings, reset_settings
+from shared.platform.settings import (
+    KEY_GRANTABLE,
+    QUEUE_GRANTABLE,
+    Settings,
+    get_settings,
+    parse_settings,
+    reset_settings,
+)
 from shared.platform.storage_stub import MemoryQueue, MemoryTable
 from shared.reset.graph import GuestUser, RoleAssignment
 from shared.reset.graph_stub import DirectoryUser, StubGraphGateway
@@ -24,6 +31,14 @@ USER_ADMINISTRATOR = "fe930be7-5e62-47db-91af-98c3a49a38b1"
 HELPDESK_ADMINISTRATOR = "729827e3-9c14-49f7-bb1b-9608f156bbb8"
 
 
+# Most tests exercise what a fully trusted caller may do; the least-power tests (test_security*.py,
+# test_least_power.py) set KEY_CAPABILITIES and QUEUE_CAPABILITIES back to the safe defaults ("").
+FULL_TRUST = {
+    "KEY_CAPABILITIES": ",".join(c.value for c in KEY_GRANTABLE),
+    "QUEUE_CAPABILITIES": ",".join(c.value for c in QUEUE_GRANTABLE),
+}
+
+
 def env(**overrides: str) -> dict[str, str]:
     """A complete, valid local environment; keyword arguments replace single settings."""
     values = {
@@ -35,6 +50,7 @@ def env(**overrides: str) -> dict[str, str]:
         "READBACK_WINDOW_SECONDS": "0",
         # Pacing is shown by its own tests; elsewhere it would only slow the suite down.
         "INVITATIONS_PER_MINUTE": "6000",
+        **FULL_TRUST,
     }
     values.update(overrides)
     return values
@@ -125,6 +141,7 @@ def isolated_env(connection_string: str, graph_base_url: str, **overrides: str) 
         "GRAPH_MAX_ATTEMPTS": "4",
         "GRAPH_WRITES_PER_SECOND": "50",
         "READBACK_WINDOW_SECONDS": "2",
+        **FULL_TRUST,
         # Pacing is shown by its own tests; elsewhere it would only slow the suite down.
         "INVITATIONS_PER_MINUTE": "6000",
         "BREAKER_HOLD_SECONDS": "1",

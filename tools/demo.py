@@ -53,6 +53,8 @@ def main() -> int:
             "AzureWebJobsStorage": azurite.connection_string,
             "GRAPH_BASE_URL": graph.base_url,
             "FUNCTIONS_WORKER_RUNTIME": "python",
+            # Least power: the queue may switch addresses only because the operator says so.
+            "QUEUE_CAPABILITIES": "Reset.Submit,Reset.SwitchEmail",
             # The production pace (6 a minute) would make the demo wait for its invitation slots.
             "INVITATIONS_PER_MINUTE": "600",
         }

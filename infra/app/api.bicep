@@ -78,6 +78,13 @@ param authAllowedClientApplications array = []
 @description('Callers the app accepts from the X-MS-CLIENT-PRINCIPAL headers; passed on only when App Service authentication is on.')
 param allowedCallers string = ''
 
+param keyCapabilities string
+param queueCapabilities string
+param redirectAllowedUrls string
+param allowCustomMessageBody bool
+param retentionDays int
+param redeemUrlHours int
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -208,6 +215,14 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // Only App Service authentication makes the caller headers trustworthy (the platform
     // strips and rewrites them); without it a caller could forge them, so the list stays empty.
     ALLOWED_CALLERS: enableAppServiceAuth ? allowedCallers : ''
+    // Behind App Service authentication every call must carry its principal; roles are capabilities.
+    REQUIRE_ENTRA_ID: enableAppServiceAuth ? 'true' : 'false'
+    KEY_CAPABILITIES: keyCapabilities
+    QUEUE_CAPABILITIES: queueCapabilities
+    REDIRECT_ALLOWED_URLS: redirectAllowedUrls
+    ALLOW_CUSTOM_MESSAGE_BODY: allowCustomMessageBody ? 'true' : 'false'
+    RETENTION_DAYS: string(retentionDays)
+    REDEEM_URL_HOURS: string(redeemUrlHours)
   }
 }
 

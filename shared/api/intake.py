@@ -7,6 +7,7 @@ because every item's requestId is known before anything is written: its own ``re
 ``Idempotency-Key`` header (``<key>.<index>`` in a batch), or, without either, one derived from
 the caller, the item's content and the hour (``contract.derived_request_ids``), so a client's
 retry of the same POST (Logic Apps retries on timeouts and 5xx) is the same request.
+Each record belongs to its submitter and carries the grant the worker will honour for it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.api.principal import Caller
+from shared.api.principal import Access
 from shared.platform import telemetry
 from shared.platform.errors import IntakeError, InvalidRequestError, ResetError, TransientError
 from shared.platform.logs import app_logger
+from shared.reset import capabilities
 from shared.reset.callbacks import callback_allowed
 from shared.reset.contract import (
     MAX_MESSAGE_BYTES,
@@ -35,6 +37,7 @@ from shared.reset.contract import (
     repeat_key,
     user_column,
 )
+from shared.reset.policy import request_refusals
 from shared.reset.runtime import Runtime
 from shared.reset.status import Status, StatusRecord, derive_request_id, utcnow
 
@@ -101,14 +104,18 @@ def _check_key(key: str | None) -> None:
         )
 
 
-def validate_submission(
-    body: bytes, *, runtime: Runtime, idempotency_key: str | None, caller: Caller | None
-) -> list[Item]:
-    """Every item validated (all problems listed by index and field), with its requestId if known."""
+def validate_submission(body: bytes, *, runtime: Runtime, idempotency_key: str | None, access: Access) -> list[Item]:
+    """Every item validated (all problems listed by index and field), with its requestId if known.
+
+    A capability the caller lacks refuses the submission with 403 naming it; other problems 400.
+    """
     _check_key(idempotency_key)
-    scope = f"http:{caller.label if caller is not None else '-'}"
+    # Derived ids are scoped by the submitter's immutable owner key (two callers never share one).
+    scope = f"http:{access.owner}"
     items, batch = _items(body)
     problems: list[dict[str, Any]] = []
+    lacking: list[dict[str, Any]] = []
+    needed: set[str] = set()
     accepted: list[Item] = []
     seen: set[str] = set()
     users: dict[str, int] = {}
@@ -135,6 +142,12 @@ def validate_submission(
                     "message": "host is not on the callback allowlist (CALLBACK_ALLOWED_HOSTS)",
                 }
             )
+        for refusal in request_refusals(request, runtime.settings):
+            problems.append({**where, "field": prefix + refusal.field, "message": refusal.message})
+        for need in capabilities.missing(request, access.capabilities, runtime.settings):
+            field = prefix + need.field if need.field != "(request)" else prefix.rstrip(".") or "(body)"
+            lacking.append({**where, "field": field, "message": capabilities.describe(need, "this caller")})
+            needed.add(need.capability.value)
         request_id = request.request_id or (
             (f"{idempotency_key}.{index}" if batch else idempotency_key) if idempotency_key else None
         )
@@ -147,9 +160,19 @@ def validate_submission(
         if first != index:
             message = f"the same user as requests[{first}]: a batch may reset each guest once"
             problems.append({**where, "field": prefix + user_column(request)[0], "message": message})
-        if caller is not None and not request.requested_by:
-            request = request.model_copy(update={"requested_by": caller.label[:256]})
+        if access.caller is not None:
+            # The audit trail names who really asked; what the caller wrote is kept beside it.
+            request = request.model_copy(
+                update={
+                    "requested_by": access.caller.audit_id,
+                    "on_behalf_of": request.on_behalf_of or request.requested_by,
+                }
+            )
         accepted.append(Item(request, request_id, scope))
+    if lacking:
+        raise IntakeError(
+            403, "Capability missing", f"this caller lacks {', '.join(sorted(needed))}; nothing was enqueued", lacking
+        )
     if problems:
         count = len({p.get("index", 0) for p in problems})
         raise IntakeError(
@@ -158,15 +181,26 @@ def validate_submission(
     return accepted
 
 
-async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str) -> Receipt:
+async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str, access: Access) -> Receipt:
     # The message carries this trace, so the worker's span joins it (one trace per request).
     text = canonical_json(request, requestId=request_id, traceparent=telemetry.current_traceparent())
-    record = StatusRecord.for_request(request, request_id, Status.ACCEPTED, message=text)
+    record = StatusRecord.for_request(
+        request,
+        request_id,
+        Status.ACCEPTED,
+        message=text,
+        submitted_by=access.owner,
+        granted=capabilities.encode(access.capabilities),
+        message_hash=capabilities.message_hash(text.encode()),
+    )
     created = await runtime.status.create(replace(record, history=record.with_event("accepted")))
     if created is None:
         existing = await runtime.status.get(request_id)
         if existing is None:  # deleted in between: treat as new next time
             raise InvalidRequestError(f"request {request_id} is being replaced; submit it again")
+        if existing.submitted_by != access.owner:
+            # Someone else's request: say nothing about it beyond "taken".
+            raise IntakeError(409, "Conflict", f"requestId {request_id!r} is already taken; choose another requestId")
         stale = existing.created_at is None or existing.created_at < utcnow() - STALE_ACCEPTED
         if existing.status is Status.ACCEPTED and stale:
             await runtime.publisher.send_request(text)
@@ -182,7 +216,7 @@ async def _accept_one(runtime: Runtime, request: ResetRequest, request_id: str) 
     return Receipt(request_id, str(Status.ACCEPTED), duplicate=False)
 
 
-async def accept(runtime: Runtime, items: list[Item], *, now: datetime | None = None) -> list[Receipt]:
+async def accept(runtime: Runtime, items: list[Item], access: Access, *, now: datetime | None = None) -> list[Receipt]:
     """Record and enqueue validated requests concurrently; order of the receipts follows the input.
 
     Every item is attempted even when some fail; if any failed, the whole answer is a failure
@@ -196,7 +230,7 @@ async def accept(runtime: Runtime, items: list[Item], *, now: datetime | None = 
             request_id = item.request_id or await derive_request_id(
                 runtime.status, item.request, scope=item.scope, at=at
             )
-            return await _accept_one(runtime, item.request, request_id)
+            return await _accept_one(runtime, item.request, request_id, access)
 
     with telemetry.span("accept resets", requests=len(items), requestId=items[0].request_id or "(derived)"):
         outcomes = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)

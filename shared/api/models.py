@@ -46,7 +46,9 @@ class ResetStatus(ResetOutcome):
     """Where a request stands; terminal once status is Succeeded, Failed or DryRunPassed."""
 
     redeem_url: str | None = Field(
-        None, description="Invitation redeem link; only when the request asked for no invitation email."
+        None,
+        description="Invitation redeem link of a reset that sent no email: shown once, to a caller with "
+        "Reset.ReadRedeemUrl, while the guest's invitation is pending; then erased.",
     )
 
 

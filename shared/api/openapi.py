@@ -62,6 +62,14 @@ def _lower(schema: Any) -> Any:
     return node
 
 
+# Examples the connector shows and the contract fuzz starts from (schemathesis's examples phase).
+EXAMPLE_GUEST = "5e0c1d2a-0001-4a5b-9c3d-000000000001"
+_EXAMPLES: dict[str, Any] = {
+    "ResetSubmission": {"userId": EXAMPLE_GUEST, "ticketId": "INC0012345", "sendInvitationMessage": True},
+    "ReplayOrder": {"errorCode": "GraphUnavailable", "max": 10},
+}
+
+
 def definitions() -> dict[str, Any]:
     found: dict[str, Any] = {}
     for model in _MODELS:
@@ -69,6 +77,8 @@ def definitions() -> dict[str, Any]:
         for name, sub in schema.pop("$defs", {}).items():
             found[name] = _lower(sub)
         found[model.__name__] = _lower(schema)
+    for name, example in _EXAMPLES.items():
+        found[name]["example"] = example
     return found
 
 
@@ -76,8 +86,23 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/definitions/{name}"}
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "schema": _ref("Problem")}
+def _problem(description: str, **headers: dict[str, str]) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description, "schema": _ref("Problem")}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+_SECONDS = {"type": "integer", "description": "Seconds to wait before trying again."}
+# Answers every operation may give: no Entra ID principal (when required), a caller outside
+# ALLOWED_CALLERS or without the capability, settings or storage not usable.
+_COMMON = {
+    "401": _problem("No Microsoft Entra ID caller (only when App Service authentication is required)"),
+    "403": _problem("Caller not allowed, or lacking the capability the problem names"),
+    "503": _problem(
+        "Settings or storage not usable; the problem names settings, never their values", **{"Retry-After": _SECONDS}
+    ),
+}
 
 
 def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
@@ -94,7 +119,8 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
         "basePath": "/api",
         "schemes": [scheme],
         "consumes": ["application/json"],
-        "produces": ["application/json"],
+        # Refusals are RFC 9457 problem documents.
+        "produces": ["application/json", "application/problem+json"],
         "securityDefinitions": {"functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"}},
         "security": [{"functionKey": []}],
         "paths": {
@@ -122,9 +148,18 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                             "description": "Accepted",
                             "schema": _ref("SubmissionAccepted"),
                             "headers": {**retry_after, "Location": {"type": "string"}},
+                            # Stateful testing (schemathesis) follows it: submit, then poll.
+                            "x-links": {
+                                "GetResetStatus": {
+                                    "operationId": "GetResetStatus",
+                                    "parameters": {"requestId": "$response.body#/accepted/0/requestId"},
+                                }
+                            },
                         },
                         "400": _problem("Invalid request: every bad item and field is listed"),
-                        "403": _problem("Caller not allowed"),
+                        **_COMMON,
+                        "403": _problem("Caller not allowed, or lacking a capability the request needs (each listed)"),
+                        "409": _problem("The requestId is already taken by another caller"),
                         "413": _problem("Body over 1 MB or batch over 1,000"),
                         "415": _problem("Body is not JSON"),
                     },
@@ -141,6 +176,7 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                             "required": True,
                             "type": "string",
                             "x-ms-summary": "Request id",
+                            "x-example": "INC0012345",
                         }
                     ],
                     "responses": {
@@ -150,7 +186,8 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                             "schema": _ref("ResetStatus"),
                             "headers": {**retry_after, "Location": {"type": "string"}},
                         },
-                        "404": _problem("Unknown requestId"),
+                        **_COMMON,
+                        "404": _problem("Unknown requestId, or a request this caller may not read"),
                     },
                 }
             },
@@ -161,7 +198,12 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "x-ms-visibility": "internal",
                     "responses": {
                         "200": {"description": "Healthy", "schema": _ref("Health")},
-                        "503": {"description": "Unhealthy", "schema": _ref("Health")},
+                        "401": _COMMON["401"],
+                        "403": _COMMON["403"],
+                        "503": {
+                            "description": "Unhealthy (setting names only, never values)",
+                            "schema": _ref("Health"),
+                        },
                     },
                 }
             },
@@ -185,6 +227,7 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "Failed requests", "schema": _ref("PoisonList")},
                         "400": _problem("Bad query"),
+                        **_COMMON,
                     },
                 }
             },
@@ -193,10 +236,12 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "operationId": "ReplayPoisoned",
                     "summary": "Put failed requests back on the request queue (admin key)",
                     "x-ms-visibility": "internal",
-                    "parameters": [{"name": "body", "in": "body", "required": True, "schema": _ref("ReplayOrder")}],
+                    # No body is an order without filters: replay up to 100 failed requests.
+                    "parameters": [{"name": "body", "in": "body", "required": False, "schema": _ref("ReplayOrder")}],
                     "responses": {
                         "200": {"description": "What moved", "schema": _ref("ReplayResult")},
                         "400": _problem("Bad replay order"),
+                        **_COMMON,
                     },
                 }
             },
@@ -205,7 +250,7 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "operationId": "GetInvitationBreaker",
                     "summary": "Is the invitation circuit breaker open? (admin key)",
                     "x-ms-visibility": "internal",
-                    "responses": {"200": {"description": "The breaker", "schema": _ref("Breaker")}},
+                    "responses": {"200": {"description": "The breaker", "schema": _ref("Breaker")}, **_COMMON},
                 }
             },
             "/breaker/close": {
@@ -218,6 +263,7 @@ def document(host: str, *, scheme: str = "https") -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "Closed; held requests resumed", "schema": _ref("BreakerClosed")},
                         "400": _problem("Bad body"),
+                        **_COMMON,
                     },
                 }
             },

@@ -14,8 +14,10 @@ from pydantic import ValidationError
 from shared.bulk.header import HeaderMap
 from shared.bulk.problems import CsvProblem
 from shared.platform.settings import Settings
+from shared.reset import capabilities
 from shared.reset.callbacks import callback_allowed
 from shared.reset.contract import ResetRequest, describe_validation_error
+from shared.reset.policy import request_refusals
 
 BOOLEAN_COLUMNS = frozenset({"sendInvitationMessage", "dryRun"})
 LIST_SEPARATOR = "|"  # inside a ccRecipients cell; ";" may be the delimiter
@@ -27,7 +29,8 @@ _CONVERTED = BOOLEAN_COLUMNS | {"ccRecipients"}
 class RowValidator:
     """Checks the data rows under one header; ``source`` and ``requested_by`` fill empty cells.
 
-    With ``settings``, a callbackUrl must be on the app's allowlist, as the HTTP API requires.
+    With ``settings``, a callbackUrl must be on the app's allowlist, as the HTTP API requires, and
+    the row must keep to the request rules and to QUEUE_CAPABILITIES, as the worker requires.
     """
 
     def __init__(
@@ -91,6 +94,15 @@ class RowValidator:
                     row,
                 )
             )
+        if request is not None and self._settings is not None:
+            # The worker judges a bulk row as a queue message: say so now, not one Failed row at a time.
+            for refusal in request_refusals(request, self._settings):
+                name = refusal.field.split("[")[0]
+                problems.append(CsvProblem(line, self._header.column(name), refusal.message, name, row))
+            for need in capabilities.missing(request, self._settings.queue_capabilities, self._settings):
+                name = need.field if need.field in self._header.index else "(request)"
+                message = capabilities.describe(need, "the request queue (QUEUE_CAPABILITIES)")
+                problems.append(CsvProblem(line, self._header.column(name), message, need.field, row))
         if problems:
             return None, sorted(problems, key=lambda p: p.column)
         return request, problems

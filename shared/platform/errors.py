@@ -6,6 +6,7 @@ permanent (poison at once) or transient (retry with backoff, then poison).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -184,6 +185,19 @@ class SettingsError(Exception):
             f"{len(problems)} app setting problem(s); fix them in local.settings.json "
             f"or the function app's configuration:\n{lines}"
         )
+
+    @property
+    def names(self) -> list[str]:
+        """The settings at fault, without their values (a value may be a secret or a host name)."""
+        found = (_SETTING_NAME.match(p) for p in self.problems)
+        return sorted({m.group(1) for m in found if m} or {"(unnamed setting)"})
+
+    def public_problems(self) -> list[str]:
+        """What an HTTP caller may learn: which settings to fix, never what they hold."""
+        return [f"{name} is missing or invalid; the function app's log says why" for name in self.names]
+
+
+_SETTING_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)")
 
 
 # Graph 403 bodies that need a different fix than "grant the permission".

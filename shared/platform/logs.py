@@ -25,6 +25,8 @@ CONTEXT_FIELDS = frozenset({"requestId", "ticketId", "dequeueCount", "attempt", 
 _EMAIL = re.compile(r"(?<![A-Za-z0-9._%+'\-*])([A-Za-z0-9._%+'\-]+)@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
 _BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9\-._~+/]+=*")
 _REDEEM = re.compile(r"https://[^\s\"']*redeem[^\s\"']*", re.IGNORECASE)
+# Query parameters that carry a secret: a Logic Apps trigger's SAS signature, a function key.
+_URL_SECRET = re.compile(r"(?i)([?&](?:sig|code|token|access_token|client_secret|key)=)[^&#\s\"']+")
 
 
 def mask_email(address: str | None) -> str | None:
@@ -32,16 +34,34 @@ def mask_email(address: str | None) -> str | None:
     if not address:
         return address
     local, _, domain = address.partition("@")
-    if not domain:
-        return "***"
+    if not domain or not local:
+        return f"***@{domain}" if domain else "***"
     hidden = local[0] + "***" + (local[-1] if len(local) > 1 else "")
     return f"{hidden}@{domain}"
 
 
+def mask_url_secrets(url: str) -> str:
+    """A callback URL as kept at rest: where it goes stays readable, every query value is masked.
+
+    A Logic Apps trigger URL is a bearer credential (its ``sig``); the other values are masked too
+    so that no future signature scheme slips through.
+    """
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    fragment = ""
+    if "#" in query:
+        query, fragment = query.split("#", 1)
+        fragment = "#***"
+    masked = "&".join(f"{part.partition('=')[0]}=***" for part in query.split("&") if part)
+    return f"{base}?{masked}{fragment}"
+
+
 def redact(text: str) -> str:
-    """Mask every email, bearer token and redeem URL found in free text."""
+    """Mask every email, bearer token, URL secret and redeem URL found in free text."""
     text = _BEARER.sub("Bearer ***", text)
     text = _REDEEM.sub("<redeem-url>", text)
+    text = _URL_SECRET.sub(r"\1***", text)
     return _EMAIL.sub(lambda m: mask_email(m.group(0)) or "***", text)
 
 

@@ -10,9 +10,10 @@ import ipaddress
 import json
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,6 +71,16 @@ DEFAULTS: dict[str, str] = {
         "*.logic.azure.com,*.azure-apim.net,*.flow.microsoft.com,*.powerautomate.com,*.api.powerplatform.com"
     ),
     "ALLOWED_CALLERS": "",
+    # Least power (docs/security.md): who may do what. Empty capability lists mean the safe
+    # default (a plain reset, plus an email switch once ALLOWED_EMAIL_DOMAINS is set).
+    "REQUIRE_ENTRA_ID": "false",
+    "KEY_CAPABILITIES": "",
+    "QUEUE_CAPABILITIES": "",
+    # Empty: only INVITE_REDIRECT_URL itself.
+    "REDIRECT_ALLOWED_URLS": "",
+    "ALLOW_CUSTOM_MESSAGE_BODY": "false",
+    "RETENTION_DAYS": "30",
+    "REDEEM_URL_HOURS": "72",
     "BULK_CONTAINER": "bulk-resets",
     # NCRONTAB with seconds ({second} {minute} {hour} {day} {month} {day-of-week}), in UTC.
     "BULK_SCHEDULE": "0 */5 * * * *",
@@ -88,6 +99,24 @@ class GraphCloud(Enum):
     CHINA = "login.chinacloudapi.cn"
     EMULATOR = ""
 
+
+class Capability(StrEnum):
+    """What a caller may do; the values are the app roles of the API's app registration.
+
+    ``shared.reset.capabilities`` says which request needs which; docs/security.md lists them.
+    """
+
+    SUBMIT = "Reset.Submit"  # a plain reset: the guest keeps its address
+    SWITCH_EMAIL = "Reset.SwitchEmail"  # newEmail
+    MESSAGE_OPTIONS = "Reset.MessageOptions"  # a custom redirect, cc, a custom message body
+    READ_ALL = "Reset.ReadAll"  # statuses of requests someone else submitted
+    READ_REDEEM_URL = "Reset.ReadRedeemUrl"  # the redeem link of a reset that sent no email
+    OPERATE = "Reset.Operate"  # poison list and replay
+
+
+# Capabilities that make sense for each kind of caller without an identity of its own.
+KEY_GRANTABLE = frozenset(Capability) - {Capability.OPERATE}  # operating needs the admin key
+QUEUE_GRANTABLE = frozenset({Capability.SUBMIT, Capability.SWITCH_EMAIL, Capability.MESSAGE_OPTIONS})
 
 # Where a guest lands after redeeming, per cloud (with ?tenantId=): Microsoft's examples use My
 # Apps; docs/deploy.md#national-clouds gives the sources and what is our own reading.
@@ -146,6 +175,13 @@ class Settings:
     graph_timeout_seconds: float
     callback_allowed_hosts: tuple[str, ...]
     allowed_callers: frozenset[str] = frozenset()
+    require_entra_id: bool = False
+    key_capabilities: frozenset[Capability] = frozenset({Capability.SUBMIT})
+    queue_capabilities: frozenset[Capability] = frozenset({Capability.SUBMIT})
+    redirect_allowed_urls: tuple[str, ...] = ()
+    allow_custom_message_body: bool = False
+    retention_days: int = 30
+    redeem_url_hours: int = 72
     max_dequeue_count: int = 5
     bulk_container: str = DEFAULTS["BULK_CONTAINER"]
     bulk_schedule: str = DEFAULTS["BULK_SCHEDULE"]
@@ -180,6 +216,20 @@ class Settings:
         base = _MY_APPS[self.graph_cloud]
         tenant = self.tenant_id or tenant_id
         return f"{base}?tenantId={tenant}" if tenant else base
+
+    @property
+    def default_redirect(self) -> str:
+        """The redirect a request gets when it names none (the token's tenant is added at send time)."""
+        return self.invite_redirect_url or self.my_apps_url(None)
+
+    @property
+    def redirect_allowlist(self) -> tuple[str, ...]:
+        """Where a request's inviteRedirectUrl may point: REDIRECT_ALLOWED_URLS, else the default redirect.
+
+        The default without AZURE_TENANT_ID is My Apps without a tenant, which admits any
+        ``?tenantId=`` (My Apps itself decides what the guest may open there).
+        """
+        return self.redirect_allowed_urls or (self.default_redirect,)
 
     @property
     def graph_scope(self) -> str:
@@ -235,6 +285,42 @@ class _Reader:
             if "." not in item or any(c in item for c in " /@:"):
                 self.problems.append(f"{name} holds {item!r}, which is not a domain name")
         return frozenset(items)
+
+    def capabilities(
+        self, name: str, grantable: frozenset[Capability], default: frozenset[Capability]
+    ) -> frozenset[Capability]:
+        """A comma-separated list of app role values; empty means ``default``, ``none`` means nothing."""
+        text = self.text(name)
+        if not text:
+            return default
+        if text.lower() == "none":
+            return frozenset()
+        known = {c.value.lower(): c for c in Capability}
+        found: set[Capability] = set()
+        for item in (i.strip() for i in text.split(",") if i.strip()):
+            capability = known.get(item.lower())
+            if capability is None:
+                self.problems.append(
+                    f"{name} holds {item!r}, which is not a capability; use {', '.join(c.value for c in Capability)}"
+                )
+            elif capability not in grantable:
+                self.problems.append(f"{name} cannot grant {capability.value} (see docs/security.md)")
+            else:
+                found.add(capability)
+        return frozenset(found)
+
+    def object_ids(self, name: str) -> frozenset[str]:
+        """Object or application ids (GUIDs): immutable, unlike names and UPNs."""
+        found: set[str] = set()
+        for item in (i.strip() for i in self.text(name).split(",") if i.strip()):
+            try:
+                found.add(str(uuid.UUID(item)))
+            except ValueError:
+                self.problems.append(
+                    f"{name} holds {item!r}, which is not an object or application id (a GUID); "
+                    "names and UPNs can change, ids cannot"
+                )
+        return frozenset(found)
 
     def name(self, name: str, pattern: str, what: str) -> str:
         value = self.text(name)
@@ -309,6 +395,16 @@ def _https_url(reader: _Reader, name: str) -> str:
     if parts.scheme != "https" or not parts.netloc:
         reader.problems.append(f"{name}={value!r} must be an https URL")
     return value
+
+
+def _redirect_allowlist(reader: _Reader) -> tuple[str, ...]:
+    """Redirect URLs a request may name; empty: the default redirect alone (Settings.redirect_allowlist)."""
+    entries = tuple(u.strip() for u in reader.text("REDIRECT_ALLOWED_URLS").split(",") if u.strip())
+    for entry in entries:
+        parts = urlsplit(entry)
+        if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
+            reader.problems.append(f"REDIRECT_ALLOWED_URLS holds {entry!r}, which is not an https URL without userinfo")
+    return entries
 
 
 def _optional_https_url(reader: _Reader, name: str) -> str | None:
@@ -412,6 +508,15 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
     hosts = tuple(h.strip().lower() for h in reader.text("CALLBACK_ALLOWED_HOSTS").split(",") if h.strip())
     graph_timeout = reader.number("GRAPH_TIMEOUT_SECONDS", minimum=1, maximum=230)
     deadline, window = _deadlines(env, reader, graph_timeout)
+    for pattern in hosts:
+        if "*" in pattern[2:] or ("*" in pattern and not pattern.startswith("*.")) or any(c in pattern for c in "/:@"):
+            reader.problems.append(
+                f"CALLBACK_ALLOWED_HOSTS holds {pattern!r}; use a host name or *.domain (any host below domain)"
+            )
+    allowed_domains = reader.domains("ALLOWED_EMAIL_DOMAINS")
+    # The safe default: nobody switches a guest's address to a domain nobody vetted.
+    default_grant = frozenset({Capability.SUBMIT} | ({Capability.SWITCH_EMAIL} if allowed_domains else set()))
+    allowed_callers = reader.object_ids("ALLOWED_CALLERS")
     settings = Settings(
         storage=storage,
         request_queue=reader.name("RESET_REQUEST_QUEUE", _QUEUE_RE, "queue name (3-56 chars)"),
@@ -422,7 +527,7 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         azure_client_id=env.get("AZURE_CLIENT_ID", "").strip() or None,
         invite_redirect_url=_optional_https_url(reader, "INVITE_REDIRECT_URL"),
         send_invitation_message=reader.boolean("SEND_INVITATION_MESSAGE"),
-        allowed_email_domains=reader.domains("ALLOWED_EMAIL_DOMAINS"),
+        allowed_email_domains=allowed_domains,
         blocked_email_domains=reader.domains("BLOCKED_EMAIL_DOMAINS"),
         allow_member_reset=reader.boolean("ALLOW_MEMBER_RESET"),
         graph_writes_per_second=reader.number("GRAPH_WRITES_PER_SECOND", minimum=0.1, maximum=1000),
@@ -431,7 +536,15 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         graph_max_attempts=int(reader.number("GRAPH_MAX_ATTEMPTS", minimum=1, maximum=20)),
         graph_timeout_seconds=graph_timeout,
         callback_allowed_hosts=hosts,
-        allowed_callers=frozenset(c.strip().lower() for c in reader.text("ALLOWED_CALLERS").split(",") if c.strip()),
+        allowed_callers=allowed_callers,
+        # An allowlist of callers only means something when Entra ID vouches for them.
+        require_entra_id=reader.boolean("REQUIRE_ENTRA_ID") or bool(allowed_callers),
+        key_capabilities=reader.capabilities("KEY_CAPABILITIES", KEY_GRANTABLE, default_grant),
+        queue_capabilities=reader.capabilities("QUEUE_CAPABILITIES", QUEUE_GRANTABLE, default_grant),
+        redirect_allowed_urls=_redirect_allowlist(reader),
+        allow_custom_message_body=reader.boolean("ALLOW_CUSTOM_MESSAGE_BODY"),
+        retention_days=int(reader.number("RETENTION_DAYS", minimum=1, maximum=3650)),
+        redeem_url_hours=int(reader.number("REDEEM_URL_HOURS", minimum=1, maximum=24 * 30)),
         max_dequeue_count=_max_dequeue_count(env, reader),
         bulk_container=reader.name("BULK_CONTAINER", _CONTAINER_RE, "blob container name (3-63 chars)"),
         bulk_schedule=_schedule(reader, "BULK_SCHEDULE"),

@@ -10,8 +10,11 @@ kind never changes the outcome and never makes the host redeliver the request.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
+import ipaddress
+import re
+import socket
 import ssl
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,13 +40,81 @@ DELIVERED, FAILED = "Delivered", "Failed"
 TLS_VERIFY: ssl.SSLContext | bool = True
 
 
+# Tests run their receiver on 127.0.0.1; in the app a callback never goes to a private address.
+PRIVATE_ADDRESSES_ALLOWED = False
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def normalise_host(host: str) -> str | None:
+    """A host name as DNS compares it: IDNA A-labels, lower case, no trailing dot; None if it is not one.
+
+    A host that NFKC normalisation would change (full-width letters, a full-width dot or
+    solidus, ligatures) is refused outright rather than mapped: no real callback host is
+    written that way, and a URL parser elsewhere may map it differently from us.
+    """
+    if not host or unicodedata.normalize("NFKC", host) != host:
+        return None
+    host = host[:-1] if host.endswith(".") else host
+    try:
+        ascii_host = host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+    labels = ascii_host.split(".")
+    return ascii_host if len(ascii_host) <= 253 and all(_LABEL.match(label) for label in labels) else None
+
+
+def host_matches(host: str, pattern: str) -> bool:
+    """``pattern`` is an exact host, or ``*.domain`` for any host below ``domain`` (dot-bounded)."""
+    if pattern.startswith("*."):
+        base = normalise_host(pattern[2:])
+        return base is not None and host.endswith("." + base)
+    return host == normalise_host(pattern)
+
+
 def callback_allowed(url: str, settings: Settings) -> bool:
-    """Safety rule 5: https hosts matching CALLBACK_ALLOWED_HOSTS, nothing else."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    return parts.scheme == "https" and any(
-        fnmatch.fnmatchcase(host, pattern) for pattern in settings.callback_allowed_hosts
-    )
+    """Safety rule 5: https, no userinfo, a normalised host on CALLBACK_ALLOWED_HOSTS, nothing else."""
+    if "\\" in url or any(unicodedata.category(c).startswith("C") for c in url):
+        return False  # parsers disagree on backslashes and control characters
+    try:
+        parts = urlsplit(url)  # raises on a netloc that NFKC would turn into / ? # @ :
+        parts.port  # noqa: B018 (a port that is not a number raises)
+    except ValueError:
+        return False
+    if parts.scheme != "https" or "@" in parts.netloc:
+        return False
+    host = normalise_host(parts.hostname or "")
+    return host is not None and any(host_matches(host, pattern) for pattern in settings.callback_allowed_hosts)
+
+
+def _public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+async def resolves_to_public_addresses(url: str) -> bool:
+    """Every address the callback host resolves to is a public one (no private, loopback or
+    link-local target such as the instance metadata endpoint), checked just before the call."""
+    return await _unsafe_target(url) is None
+
+
+async def _unsafe_target(url: str) -> Attempt | None:
+    """Why ``url`` must not be called now (a failed lookup may pass later, a private address never)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or 443
+    except ValueError:
+        return Attempt(False, retry=False, problem="the URL is not valid")
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return Attempt(False, retry=True, problem="the host did not resolve")
+    addresses = {str(info[4][0]) for info in infos}
+    if not addresses or not (PRIVATE_ADDRESSES_ALLOWED or all(_public(a) for a in addresses)):
+        return Attempt(False, retry=False, problem="the host does not resolve to public addresses only")
+    return None
 
 
 @dataclass(frozen=True)
@@ -56,9 +127,15 @@ class Attempt:
 
 
 async def post_outcome(url: str, payload: dict[str, Any], *, delays: tuple[float, ...] = DELAYS) -> Attempt:
-    """POST ``payload`` to ``url``; every failure is caught and described, none is raised."""
+    """POST ``payload`` to ``url``; every failure is caught and described, none is raised.
+
+    The host must resolve to public addresses only, checked just before the POST.
+    """
     import httpx
 
+    unsafe = await _unsafe_target(url)
+    if unsafe is not None:
+        return unsafe
     problem = "not attempted"
     try:
         async with httpx.AsyncClient(timeout=ATTEMPT_TIMEOUT, follow_redirects=False, verify=TLS_VERIFY) as client:

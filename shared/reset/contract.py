@@ -151,7 +151,12 @@ class ResetRequest(BaseModel):
         None, description="Idempotency key; one requestId sends at most one invitation."
     )
     ticket_id: AuditText | None = Field(None, description="Ticket reference, kept for audit.")
-    requested_by: AuditText | None = Field(None, description="Who asked for the reset, kept for audit.")
+    requested_by: AuditText | None = Field(
+        None,
+        description="Who asked for the reset, kept for audit. Behind Microsoft Entra ID the app writes the "
+        "caller's object id here and keeps the value given as onBehalfOf.",
+    )
+    on_behalf_of: AuditText | None = Field(None, description="For whom the caller asked (e.g. the ticket's requester).")
     source: AuditText | None = Field(None, description="Producing system, kept for audit.")
     callback_url: HttpsUrl | None = Field(
         None, description="https URL that receives the outcome; its host must be on the allowlist."
@@ -209,6 +214,7 @@ class ResetOutcome(BaseModel):
     masked_email: str | None = None
     ticket_id: str | None = None
     requested_by: str | None = None
+    on_behalf_of: str | None = None
     source: str | None = None
     dry_run: bool = False
     error_code: str | None = Field(None, description="Stable error code when Failed.")

@@ -1,12 +1,113 @@
-"""Safety rules a reset must pass before anything is written to the directory."""
+"""Safety rules a reset must pass before anything is written to the directory.
+
+``request_refusals`` holds the rules that need only the request and the settings, so intake
+answers them at once (400, field by field) and the worker applies the very same ones to queue
+messages; the rules that need the directory (guest or not, owner of an address, roles) follow.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from shared.platform.errors import PolicyRefusedError
 from shared.platform.logs import mask_email
 from shared.platform.settings import Settings
 from shared.reset.contract import ResetRequest, is_invitable_address
 from shared.reset.graph import GuestUser, RoleAssignment
+
+# Wording fixed by issue 12 (the Entra troubleshooting page says why: app-sent invitations omit it).
+CUSTOM_BODY_DROPPED = "customizedMessageBody is dropped by Graph for app-only invitations; " + (
+    "send your own email with the redeem URL instead"
+)
+LANGUAGE_IGNORED = "messageLanguage is ignored by Graph when customizedMessageBody is given; send one of them, not both"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One rule a request breaks: the field, a stable code and what to do about it."""
+
+    field: str
+    code: str
+    message: str
+
+
+def _url_key(url: str) -> tuple[str, str, int | None, str, str] | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is not a number, a netloc NFKC would change
+        return None
+    if parts.scheme.lower() != "https" or not parts.hostname or "@" in parts.netloc:
+        return None
+    return (parts.scheme.lower(), parts.hostname.lower(), port, parts.path.rstrip("/"), parts.query)
+
+
+def redirect_allowed(url: str, allowlist: tuple[str, ...]) -> bool:
+    """https, same host and port as an allowlisted URL, its path or a sub-path, its query if it has one."""
+    wanted = _url_key(url)
+    if wanted is None:
+        return False
+    for entry in allowlist:
+        allowed = _url_key(entry)
+        if allowed is None or wanted[:3] != allowed[:3]:
+            continue
+        path_ok = wanted[3] == allowed[3] or wanted[3].startswith(allowed[3] + "/")
+        if path_ok and (not allowed[4] or wanted[4] == allowed[4]):
+            return True
+    return False
+
+
+def email_domain_refusal(email: str, settings: Settings, field: str) -> Refusal | None:
+    """An address outside the allowed domains, or in a blocked one (settings named, never their values)."""
+    return _domain_refusal(email.rsplit("@", 1)[-1].lower(), mask_email(email) or "***", settings, field)
+
+
+def _domain_refusal(domain: str, shown: str, settings: Settings, field: str) -> Refusal | None:
+    if domain in settings.blocked_email_domains:
+        return Refusal(field, "EmailDomainBlocked", f"{shown} is in a blocked domain (BLOCKED_EMAIL_DOMAINS)")
+    if settings.allowed_email_domains and domain not in settings.allowed_email_domains:
+        return Refusal(field, "EmailDomainNotAllowed", f"{shown} is not in an allowed domain (ALLOWED_EMAIL_DOMAINS)")
+    return None
+
+
+def request_refusals(request: ResetRequest, settings: Settings) -> list[Refusal]:
+    """Every rule the request breaks that the directory is not needed to judge."""
+    found: list[Refusal] = []
+    if request.customized_message_body:
+        if not settings.allow_custom_message_body:
+            found.append(Refusal("customizedMessageBody", "CustomMessageNotSupported", CUSTOM_BODY_DROPPED))
+        if request.message_language:
+            found.append(Refusal("messageLanguage", "CustomMessageNotSupported", LANGUAGE_IGNORED))
+    addresses = [("newEmail", request.new_email)] + [
+        (f"ccRecipients[{i}]", cc) for i, cc in enumerate(request.cc_recipients or ())
+    ]
+    for field, address in addresses:
+        refusal = email_domain_refusal(address, settings, field) if address else None
+        if refusal is not None:
+            found.append(refusal)
+    if request.move_to_domain:
+        # The local part is the guest's, known only from the directory; the domain rule needs none.
+        domain = request.move_to_domain.lower()
+        refusal = _domain_refusal(domain, domain, settings, "moveToDomain")
+        if refusal is not None:
+            found.append(refusal)
+    if request.invite_redirect_url and not redirect_allowed(request.invite_redirect_url, settings.redirect_allowlist):
+        found.append(
+            Refusal(
+                "inviteRedirectUrl",
+                "RedirectNotAllowed",
+                "is not on the redirect allowlist (REDIRECT_ALLOWED_URLS); leave it out to use the default",
+            )
+        )
+    return found
+
+
+def check_request(request: ResetRequest, settings: Settings) -> None:
+    """Raise PolicyRefusedError with every refusal of ``request_refusals`` (the first one's code)."""
+    found = request_refusals(request, settings)
+    if found:
+        raise PolicyRefusedError("; ".join(f"{r.field}: {r.message}" for r in found), code=found[0].code)
 
 
 def check_user(user: GuestUser, settings: Settings) -> None:
@@ -27,16 +128,9 @@ def check_user(user: GuestUser, settings: Settings) -> None:
 
 def check_email_domain(email: str, settings: Settings) -> None:
     """The address the guest will redeem with must obey the allowed/blocked domain settings."""
-    domain = email.rsplit("@", 1)[-1].lower()
-    if domain in settings.blocked_email_domains:
-        raise PolicyRefusedError(
-            f"{mask_email(email)} is in a blocked domain (BLOCKED_EMAIL_DOMAINS)", code="EmailDomainBlocked"
-        )
-    if settings.allowed_email_domains and domain not in settings.allowed_email_domains:
-        raise PolicyRefusedError(
-            f"{mask_email(email)} is not in an allowed domain (ALLOWED_EMAIL_DOMAINS)",
-            code="EmailDomainNotAllowed",
-        )
+    refusal = email_domain_refusal(email, settings, "email")
+    if refusal is not None:
+        raise PolicyRefusedError(refusal.message, code=refusal.code)
 
 
 def check_email_owners(email: str, user: GuestUser, owners: list[GuestUser]) -> None:

@@ -8,6 +8,10 @@ within a minute; it lives beside the status record so that renewing it never cha
 record's ETag, which the reset's own saves are guarded by. Taking a claim also bumps the status
 record (attempts, history): that write is the fence that stops a delivery whose claim was taken
 over from saving anything more.
+
+What a record keeps at rest is what replay and audit need (docs/security.md): the submitter,
+the request with its callback secrets masked (dropped once the request succeeded), Graph's
+messages redacted, and a redeem URL only until it is handed over or expires.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared.platform.errors import ClaimLostError, TransientError
-from shared.platform.logs import mask_email
+from shared.platform.logs import mask_email, mask_url_secrets, redact
 from shared.reset.contract import (
     IDEMPOTENCY_WINDOW,
     ResetOutcome,
@@ -86,7 +90,10 @@ class StatusRecord:
     masked_email: str | None = None
     ticket_id: str | None = None
     requested_by: str | None = None
+    on_behalf_of: str | None = None
     source: str | None = None
+    submitted_by: str | None = None
+    granted: str | None = None
     dry_run: bool = False
     send_invitation_message: bool | None = None
     callback_url: str | None = None
@@ -128,11 +135,12 @@ class StatusRecord:
             masked_email=mask_email(request.new_email or request.email),
             ticket_id=request.ticket_id,
             requested_by=request.requested_by,
+            on_behalf_of=request.on_behalf_of,
             source=request.source,
             dry_run=request.dry_run,
             callback_url=request.callback_url,
             send_invitation_message=request.send_invitation_message,
-            request_json=stored_request(message or canonical_json(request, requestId=request_id)),
+            request_json=stored_request(stored_form(message or canonical_json(request, requestId=request_id))),
             **fields,
         )
 
@@ -143,13 +151,23 @@ class StatusRecord:
             value = getattr(self, key)
             out[_camel(key)] = iso_time(value) if isinstance(value, datetime) else value
         out["status"] = str(self.status)
+        if self.error_message:
+            out["errorMessage"] = redact(self.error_message)  # Graph's messages may name addresses
         return out
 
     def with_event(self, event: str, **details: Any) -> tuple[dict[str, Any], ...]:
         entry = {"at": iso_time(utcnow()), "attempt": self.attempts, "event": event}
-        entry.update({k: v for k, v in details.items() if v is not None})
+        entry.update({k: _event_text(v) if isinstance(v, str) else v for k, v in details.items() if v is not None})
         return (*self.history, entry)[-HISTORY_LIMIT:]
 
+
+def _event_text(text: str) -> str:
+    """History text as it may rest: redacted, and short enough that 20 events fit one entity."""
+    text = redact(text)
+    return text if len(text) <= EVENT_TEXT_CHARS else text[:EVENT_TEXT_CHARS] + " (cut)"
+
+
+EVENT_TEXT_CHARS = 1_000
 
 # The outcome model decides what is public; the status API adds the redeem URL on its own.
 PUBLIC_FIELDS = tuple(ResetOutcome.model_fields)
@@ -169,11 +187,36 @@ _DATETIMES = {f.name for f in fields(StatusRecord) if "datetime" in str(f.type)}
 _STORED = tuple((f.name, _pascal(f.name)) for f in fields(StatusRecord) if f.name not in {"request_id", "etag"})
 
 
+def stored_form(text: str) -> str:
+    """A request's JSON as it may rest in storage: its callback URL's secrets masked.
+
+    Idempotent, so a replayed copy compares equal to the record it came from.
+    """
+    if '"callbackUrl"' not in text:
+        return text
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return redact(text)
+    if not isinstance(data, dict) or not isinstance(data.get("callbackUrl"), str):
+        return text
+    data["callbackUrl"] = mask_url_secrets(data["callbackUrl"])
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+# A finished success is never replayed: its copy of the request (addresses included) goes.
+_NO_REQUEST_COPY = frozenset({Status.SUCCEEDED, Status.DRY_RUN_PASSED})
+
+
 def _to_entity(record: StatusRecord) -> dict[str, Any]:
     entity: dict[str, Any] = {"PartitionKey": record.request_id, "RowKey": ROW_KEY}
     for name, key in _STORED:
         value = getattr(record, name)
-        if name in _DATETIMES:
+        if name == "request_json" and value is not None:
+            value = None if record.status in _NO_REQUEST_COPY else stored_form(value)
+        elif name == "error_message" and value:
+            value = redact(value)
+        elif name in _DATETIMES:
             value = iso_time(value)
         elif name == "history":
             value = json.dumps(list(value))
@@ -506,6 +549,55 @@ class StatusStore:
                 yield _from_entity(entity)
         except AzureError as error:
             raise _storage_error("querying statuses", error) from error
+
+    async def hand_over_redeem_url(self, record: StatusRecord, *, to: str) -> str | None:
+        """The record's redeem URL, erased in the same conditional write: it is handed over once.
+
+        None when there is none, or when another reader took it first (the ETag moved).
+        """
+        if not record.redeem_url:
+            return None
+        try:
+            await self.save(record, redeem_url=None, history=record.with_event("redeemUrlHandedOver", to=to))
+        except TransientError as error:
+            if error.code == "StatusConflict":
+                return None
+            raise
+        return record.redeem_url
+
+    async def erase_redeem_url(self, record: StatusRecord, reason: str) -> None:
+        """Forget a redeem URL that must not be shown (no longer pending, expired); a race is harmless."""
+        try:
+            await self.save(record, redeem_url=None, history=record.with_event("redeemUrlErased", reason=reason))
+        except TransientError as error:
+            if error.code != "StatusConflict":
+                raise
+
+    async def purge(self, *, finished_before: datetime, links_before: datetime) -> tuple[int, int]:
+        """Retention: delete records finished before ``finished_before``; erase redeem URLs older
+        than ``links_before``. Returns (records deleted, links erased). Each write is conditional
+        on the ETag read, so a record replayed meanwhile is left alone.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
+
+        deleted = erased = 0
+        old = "RowKey eq @row and FinishedAt lt @before"
+        async for record in self.scan(old, {"row": ROW_KEY, "before": iso_time(finished_before)}):
+            try:
+                await self._table.delete_entity(
+                    record.request_id, ROW_KEY, etag=record.etag, match_condition=MatchConditions.IfNotModified
+                )
+                deleted += 1
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue
+            except AzureError as error:
+                raise _storage_error("purging statuses", error) from error
+        links = "RowKey eq @row and FinishedAt lt @before and RedeemUrl gt @empty"
+        async for record in self.scan(links, {"row": ROW_KEY, "before": iso_time(links_before), "empty": ""}):
+            await self.erase_redeem_url(record, "expired")
+            erased += 1
+        return deleted, erased
 
     # Other entities that share the table (bulk file progress) are plain property dicts,
     # stored under RowKeys other than "status" so no status query ever returns them.

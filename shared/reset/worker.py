@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -32,7 +31,8 @@ from typing import Any
 
 from shared.platform import telemetry
 from shared.platform.errors import HoldError, InvalidRequestError, ResetError, TransientError
-from shared.platform.logs import app_logger, bind, bind_request, mask_email, redact, redacted
+from shared.platform.logs import app_logger, bind, bind_request, mask_email, mask_url_secrets, redact, redacted
+from shared.reset import capabilities, policy
 from shared.reset.callbacks import callback_allowed, queue_callback
 from shared.reset.contract import (
     ResetRequest,
@@ -56,6 +56,7 @@ from shared.reset.status import (
     StatusRecord,
     StatusStore,
     derive_request_id,
+    stored_form,
     utcnow,
 )
 
@@ -68,8 +69,12 @@ MAX_DEFERRALS = 20
 CLAIM_MARGIN_SECONDS = 2.0
 
 
-def message_hash(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
+message_hash = capabilities.message_hash
+
+
+# A queue message holds at most 64 KB: the envelope keeps the request only when it leaves room.
+ENVELOPE_REQUEST_CHARS = 32_000
+ENVELOPE_MESSAGE_CHARS = 4_000
 
 
 def claim_owner() -> str:
@@ -80,15 +85,26 @@ def claim_owner() -> str:
 def _envelope(
     body: bytes, request_id: str, error: ResetError, attempts: int, history: tuple[dict[str, Any], ...]
 ) -> dict[str, Any]:
-    """A poison message: the original request plus why it failed, for operators and replay."""
+    """A poison message: the original request plus why it failed, for operators and replay.
+
+    What it carries rests in storage: the callback's secrets are masked, Graph's message redacted,
+    and a request too large to fit is summarised (its size and hash) rather than kept.
+    """
     try:
         original: Any = load_json_object(body)
+        if isinstance(original.get("callbackUrl"), str):
+            original["callbackUrl"] = mask_url_secrets(original["callbackUrl"])
     except InvalidRequestError:
-        original = body.decode("utf-8", errors="replace")
+        original = redact(body.decode("utf-8", errors="replace"))
+    if len(json.dumps(original)) > ENVELOPE_REQUEST_CHARS:
+        original = {"notKept": f"{len(body)} bytes, sha256 {message_hash(body)}"}
+    message = redact(error.message)
+    if len(message) > ENVELOPE_MESSAGE_CHARS:
+        message = message[:ENVELOPE_MESSAGE_CHARS] + " (cut)"
     return {
         "requestId": request_id,
         "request": original,
-        "error": {**error.to_dict(), "attempts": attempts},
+        "error": {**error.to_dict(), "message": message, "attempts": attempts},
         "history": list(history),
         "poisonedAt": utcnow().isoformat(),
     }
@@ -166,7 +182,13 @@ async def _deliver(body: bytes, *, message_id: str, dequeue_count: int, inserted
     )
     bind(requestId=request_id, ticketId=request.ticket_id)
     telemetry.annotate(requestId=request_id, ticketId=request.ticket_id)
-    template = StatusRecord.for_request(request, request_id, Status.PROCESSING, message_hash=message_hash(body))
+    template = StatusRecord.for_request(
+        request,
+        request_id,
+        Status.PROCESSING,
+        message_hash=message_hash(body),
+        submitted_by=capabilities.QUEUE_PRODUCER,
+    )
     claim = await runtime.status.claim(template, owner=claim_owner())
     if claim.kind == "finished":
         log.info("request already %s; duplicate delivery ignored", claim.record.status)
@@ -197,6 +219,10 @@ async def _work(
     try:
         with delivery_deadline(runtime.settings.delivery_deadline_seconds):
             try:
+                # Least power on the queue too: the grant intake recorded for this message, or the queue's.
+                granted, channel = capabilities.grant_for(record, body, runtime.settings)
+                capabilities.require(request, granted, runtime.settings, channel=channel)
+                policy.check_request(request, runtime.settings)
                 store = ClaimedStore(runtime.status, lease)
                 return await ResetService(runtime.settings, runtime.graph, store, runtime.gate).run(request, record)
             except HoldError as held:
@@ -419,12 +445,16 @@ async def _store_failed(
                     created_at=utcnow(),
                     ticket_id=_text(request.get("ticketId")),
                     requested_by=_text(request.get("requestedBy")),
+                    on_behalf_of=_text(request.get("onBehalfOf")),
                     source=_text(request.get("source")),
+                    submitted_by=capabilities.QUEUE_PRODUCER,
                     user_id=_text(request.get("userId")),
                     masked_email=mask_email(_text(request.get("newEmail")) or _text(request.get("email"))),
                     callback_url=_text(request.get("callbackUrl")),
                     request_json=stored_request(
-                        json.dumps({**request, "requestId": request_id}, separators=(",", ":"), ensure_ascii=False)
+                        stored_form(
+                            json.dumps({**request, "requestId": request_id}, separators=(",", ":"), ensure_ascii=False)
+                        )
                     ),
                 )
         else:

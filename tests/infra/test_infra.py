@@ -31,6 +31,9 @@ RBAC = APP / "rbac.bicep"
 MONITORING = APP / "monitoring.bicep"
 GRAPH_PERMISSION = APP / "graph-permission.bicep"
 GRANT_SCRIPT = INFRA / "scripts" / "grant-graph-permission.sh"
+API_REGISTRATION = APP / "api-registration.bicep"
+API_ROLES = APP / "api-roles.json"
+ROLES_SCRIPT = INFRA / "scripts" / "api-app-roles.sh"
 LOCAL_SETTINGS_SAMPLE = ROOT / "local.settings.sample.json"
 BASH = shutil.which("bash") or "/bin/bash"
 
@@ -38,6 +41,7 @@ BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
 EXPECTED_BICEP_FILES = {
     "main.bicep",
     "app/api.bicep",
+    "app/api-registration.bicep",
     "app/graph-permission.bicep",
     "app/identity.bicep",
     "app/monitoring.bicep",
@@ -682,3 +686,140 @@ def test_grant_script_rejects_a_principal_that_is_not_a_guid(tmp_path: Path) -> 
     code_, calls = run_grant_script(tmp_path, "", "--principal-id", "x/../../me")
     assert code_ == 1
     assert not [call for call in calls if call[0] == "rest"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Least power: app roles for callers behind Entra ID, safe defaults for everyone else
+# ---------------------------------------------------------------------------------------------
+
+
+def test_app_roles_are_exactly_the_apps_capabilities() -> None:
+    """api-roles.json holds one role per capability the app reads from a token, with fixed ids."""
+    from shared.platform.settings import Capability
+
+    roles = json.loads(API_ROLES.read_text(encoding="utf-8"))
+    assert [r["value"] for r in roles] == [c.value for c in Capability]
+    ids = [r["id"] for r in roles]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[0-9a-f-]{36}", i) for i in ids)
+    assert all(r["displayName"] and r["description"] for r in roles)
+
+
+def test_the_api_registration_declares_the_roles_and_requires_an_assignment() -> None:
+    """Only principals given a role get a token for the API; the module runs only when asked."""
+    source = code(API_REGISTRATION)
+    assert "loadJsonContent('api-roles.json')" in source
+    (application,) = resources_of(API_REGISTRATION, "Microsoft.Graph/applications").values()
+    assert body(application)["signInAudience"] == "AzureADMyOrg"
+    (principal,) = resources_of(API_REGISTRATION, "Microsoft.Graph/servicePrincipals").values()
+    assert body(principal)["appRoleAssignmentRequired"] is True
+    module = tree(MAIN)["modules"]["apiRegistration"]
+    assert module_path("apiRegistration") == API_REGISTRATION
+    assert "enableAppServiceAuth && createApiRegistration" in code(MAIN)
+    assert condition(module) is not None
+    assert parameter(MAIN, "createApiRegistration")["default"] is False
+
+
+def test_entra_id_in_front_makes_the_app_require_a_principal() -> None:
+    assert app_settings()["REQUIRE_ENTRA_ID"] == {
+        "operator": {
+            "type": "conditional",
+            "operands": {"condition": "enableAppServiceAuth", "true_value": "true", "false_value": "false"},
+        }
+    }
+
+
+def test_least_power_settings_default_to_the_safe_values() -> None:
+    """No capability beyond the code's safe default, no custom body, records kept 30 days."""
+    for name in ("keyCapabilities", "queueCapabilities", "redirectAllowedUrls"):
+        assert parameter(MAIN, name)["default"] == "", name
+    assert parameter(MAIN, "allowCustomMessageBody")["default"] is False
+    assert parameter(MAIN, "retentionDays")["default"] == 30
+    assert parameter(MAIN, "redeemUrlHours")["default"] == 72
+
+
+FAKE_AZ_ROLES = """#!{python}
+# Stand-in for the Azure CLI: answers api-app-roles.sh and logs its calls.
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_AZ_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+joined = " ".join(args)
+if args[:2] == ["account", "show"]:
+    sys.exit(0)
+if args[:2] == ["cloud", "show"]:
+    print("https://graph.microsoft.com/")
+elif args[:3] == ["ad", "app", "show"]:
+    print("app-object-id" if "--query id" in joined else os.environ.get("FAKE_APP_ROLES", "[]"))
+elif args[:3] == ["ad", "sp", "show"]:
+    print("api-sp-id")
+elif args[:3] == ["rest", "--method", "GET"]:
+    print(os.environ.get("FAKE_EXISTING_ASSIGNMENT", ""))
+elif args[:3] == ["rest", "--method", "PATCH"] or args[:3] == ["rest", "--method", "POST"]:
+    pass
+else:
+    sys.exit("unexpected az call: " + joined)
+"""
+API_APP_ID = "22222222-3333-4444-5555-666666666666"
+
+
+def run_roles_script(tmp_path: Path, *args: str, roles: str = "[]", existing: str = "") -> tuple[int, list[list[str]]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "az"
+    fake.write_text(FAKE_AZ_ROLES.format(python=sys.executable), encoding="utf-8")
+    fake.chmod(0o755)
+    log = tmp_path / "az.log"
+    log.write_text("", encoding="utf-8")
+    python_dir = Path(sys.executable).parent
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{python_dir}{os.pathsep}{Path(BASH).parent}{os.pathsep}/usr/bin:/bin",
+        "FAKE_AZ_LOG": str(log),
+        "FAKE_APP_ROLES": roles,
+        "FAKE_EXISTING_ASSIGNMENT": existing,
+    }
+    result = subprocess.run([BASH, str(ROLES_SCRIPT), *args], env=env, capture_output=True, text=True, check=False)
+    calls = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    return result.returncode, calls
+
+
+def _sent(calls: list[list[str]], method: str) -> list[dict[str, Any]]:
+    return [json.loads(c[c.index("--body") + 1]) for c in calls if c[:3] == ["rest", "--method", method]]
+
+
+def test_roles_script_adds_the_missing_roles_and_keeps_the_others(tmp_path: Path) -> None:
+    """A registration with one unrelated role and one of ours gets the other five, nothing removed."""
+    ours = json.loads(API_ROLES.read_text(encoding="utf-8"))
+    present = [{"value": "Other.Role", "id": "x"}, {**ours[0], "allowedMemberTypes": ["Application"]}]
+    code_, calls = run_roles_script(tmp_path, "--app-id", API_APP_ID, roles=json.dumps(present))
+    assert code_ == 0
+    [patch] = _sent(calls, "PATCH")
+    values = [r["value"] for r in patch["appRoles"]]
+    assert values[:2] == ["Other.Role", ours[0]["value"]] and values[2:] == [r["value"] for r in ours[1:]]
+
+
+def test_roles_script_is_idempotent(tmp_path: Path) -> None:
+    roles = API_ROLES.read_text(encoding="utf-8")
+    code_, calls = run_roles_script(tmp_path, "--app-id", API_APP_ID, roles=roles)
+    assert code_ == 0 and _sent(calls, "PATCH") == []
+
+
+def test_roles_script_assigns_one_role_to_a_logic_apps_identity_once(tmp_path: Path) -> None:
+    """--assign posts one appRoleAssignedTo with the role's fixed id; an existing one is left alone."""
+    roles = API_ROLES.read_text(encoding="utf-8")
+    switch_id = next(r["id"] for r in json.loads(roles) if r["value"] == "Reset.SwitchEmail")
+    args = ("--app-id", API_APP_ID, "--assign", "Reset.SwitchEmail", "--principal-id", PRINCIPAL)
+    code_, calls = run_roles_script(tmp_path, *args, roles=roles)
+    assert code_ == 0
+    assert _sent(calls, "POST") == [{"principalId": PRINCIPAL, "resourceId": "api-sp-id", "appRoleId": switch_id}]
+    code_, calls = run_roles_script(tmp_path, *args, roles=roles, existing="assignment-id")
+    assert code_ == 0 and _sent(calls, "POST") == []
+
+
+def test_roles_script_check_mode_and_bad_input(tmp_path: Path) -> None:
+    """--check changes nothing and exits 3 when roles are missing; unknown roles and ids are refused."""
+    code_, calls = run_roles_script(tmp_path, "--app-id", API_APP_ID, "--check")
+    assert code_ == 3 and _sent(calls, "PATCH") == []
+    assert run_roles_script(tmp_path, "--app-id", "not-a-guid")[0] == 1
+    bad_role = ("--app-id", API_APP_ID, "--assign", "Reset.Everything", "--principal-id", PRINCIPAL)
+    code_, calls = run_roles_script(tmp_path, *bad_role)
+    assert code_ == 1 and not [c for c in calls if c[0] == "rest"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
-import ipaddress
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -197,46 +195,13 @@ async def test_callback_outside_the_allowlist_is_refused(app: App) -> None:
     assert body_of(response)["errors"][0]["field"] == "callbackUrl"
 
 
-@pytest.fixture(scope="session")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A throwaway CA-less self-signed certificate for 127.0.0.1: (server context, client trust)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("tls")
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert_path, key_path)
-    return server, ssl.create_default_context(cafile=str(cert_path))
-
-
 @pytest.fixture
 async def receiver(
     tls: tuple[ssl.SSLContext, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[str, list[dict[str, Any]], list[int]]]:
     """A local https callback receiver that fails its first call with 503."""
     monkeypatch.setattr("shared.reset.callbacks.TLS_VERIFY", tls[1])
+    monkeypatch.setattr("shared.reset.callbacks.PRIVATE_ADDRESSES_ALLOWED", True)  # the receiver is on loopback
     received: list[dict[str, Any]] = []
     answers = [503]
 
@@ -300,25 +265,33 @@ async def test_callback_failure_never_changes_the_outcome(app: App, monkeypatch:
     assert callbacks.get_queue_properties().approximate_message_count == 1, "tried again later, delayed"
 
 
-def principal(**claims: str) -> str:
-    data = {"auth_typ": "aad", "claims": [{"typ": k, "val": v} for k, v in claims.items()]}
+def principal(*roles: str, **claims: str) -> str:
+    data = {
+        "auth_typ": "aad",
+        "claims": [{"typ": k, "val": v} for k, v in claims.items()] + [{"typ": "roles", "val": r} for r in roles],
+    }
     return base64.b64encode(json.dumps(data).encode()).decode()
 
 
+FLOW_OID = "0f0f0f0f-1111-4222-8333-444444444444"
+
+
 async def test_allowed_callers_gate_and_requested_by(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ALLOWED_CALLERS set, outsiders get 403 and insiders become requestedBy."""
-    monkeypatch.setenv("ALLOWED_CALLERS", "helpdesk-flow@fabrikam.com")
+    """With ALLOWED_CALLERS set, outsiders get 403 and an insider's object id becomes requestedBy."""
+    monkeypatch.setenv("ALLOWED_CALLERS", FLOW_OID)
     reset_settings()
     outsider = await submit(
-        {"userId": ADELE}, headers={"X-MS-CLIENT-PRINCIPAL": principal(preferred_username="mallory@fabrikam.com")}
+        {"userId": ADELE},
+        headers={"X-MS-CLIENT-PRINCIPAL": principal("Reset.Submit", oid="9e9e9e9e-0000-4000-8000-000000000009")},
     )
     assert outsider.status_code == 403
     insider = await submit(
-        {"userId": ADELE, "requestId": "by-flow"},
-        headers={"X-MS-CLIENT-PRINCIPAL": principal(preferred_username="helpdesk-flow@fabrikam.com")},
+        {"userId": ADELE, "requestId": "by-flow", "requestedBy": "ticket requester"},
+        headers={"X-MS-CLIENT-PRINCIPAL": principal("Reset.Submit", oid=FLOW_OID)},
     )
     assert insider.status_code == 202
-    assert queued(app)[0]["requestedBy"] == "helpdesk-flow@fabrikam.com"
+    assert queued(app)[0]["requestedBy"] == FLOW_OID
+    assert queued(app)[0]["onBehalfOf"] == "ticket requester"
 
 
 async def test_health_reports_storage(app: App, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -191,3 +191,13 @@ def test_default_source_and_requester_fill_empty_cells_only() -> None:
         ("bulk:guests.csv", "alice"),
     ]
     assert canonical_json(requests[0], requestId="bulk-x-1").endswith('"requestId":"bulk-x-1"}')  # type: ignore[arg-type]
+
+
+def test_rows_are_judged_with_the_queues_capabilities_and_request_rules() -> None:
+    """A bulk row is a queue message: an email switch the queue may not make is a row problem up front."""
+    text = f"userId,newEmail,customizedMessageBody\n{ADELE},adele@new.example,\n{LEE},,Welcome\n{ADELE.upper()},,\n"
+    reader, rows = read(text, settings=settings(QUEUE_CAPABILITIES="", KEY_CAPABILITIES=""))
+    problems = [(p.line, p.field, p.message) for p in reader.problems]
+    assert any(line == 2 and field == "newEmail" and "Reset.SwitchEmail" in text for line, field, text in problems)
+    assert any(line == 3 and "dropped by Graph" in text for line, _, text in problems)
+    assert [r.request is not None for r in rows] == [False, False, True]

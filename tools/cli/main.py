@@ -575,7 +575,10 @@ async def cmd_reset(args: argparse.Namespace, out: Output) -> int:
         # The app's poison trigger will record Failed from the poison message; say so now.
         body.update(status=str(Status.FAILED), errorCode=last.get("code"), errorMessage=last.get("message"))
     if args.show_redeem_url and record.redeem_url:
-        body["redeemUrl"] = record.redeem_url
+        # Handed over once, as the status API does: the link leaves storage as it is shown.
+        link = await runtime.status.hand_over_redeem_url(record, to="cli")
+        if link:
+            body["redeemUrl"] = link
     status = str(body["status"])
     if status == str(Status.DRY_RUN_PASSED):
         out.result(body, f"{status}: {request_id}  user {body.get('userId')} passed every check; nothing was sent")

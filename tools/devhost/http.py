@@ -1,14 +1,19 @@
 """aiohttp front end: HTTP-triggered functions under /<routePrefix>/<route>, plus the host's admin API.
 
-Like Core Tools, the devhost does not enforce function or admin keys: every authLevel is served
-anonymously, so never expose it beyond localhost. Timer functions are not scheduled; run them with
-`POST /admin/functions/<name>` (body `{"input": ""}`), as you would against a real host.
+Like Core Tools, the devhost by default does not enforce function or admin keys: every authLevel
+is served anonymously, so never expose it beyond localhost. With the development-only settings
+DEVHOST_MASTER_KEY (and DEVHOST_FUNCTION_KEY) it checks keys as the host does: `x-functions-key`
+or `?code=`, the master key for every level, the function key for `function` level, else 401.
+Timer functions are not scheduled; run them with `POST /admin/functions/<name>` (body
+`{"input": ""}`), as you would against a real host.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -173,11 +178,26 @@ def build_app(host: Host) -> web.Application:
     app = web.Application(client_max_size=100 * 1024 * 1024)
     app.router.add_get("/admin/host/status", status)
     app.router.add_post("/admin/functions/{name}", admin_invoke)
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    # [\s\S]: a path may hold a (percent-encoded) newline, which "." would not match.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)
     return app
 
 
+def key_accepted(spec: FunctionSpec, request: web.Request, environ: Mapping[str, str] | None = None) -> bool:
+    """The host's key check, when DEVHOST_MASTER_KEY is set; always True otherwise."""
+    env = os.environ if environ is None else environ
+    master = env.get("DEVHOST_MASTER_KEY", "")
+    level = str(spec.trigger.get("authLevel") or "function").lower()
+    if not master or level == "anonymous":
+        return True
+    given = request.headers.get("x-functions-key") or request.query.get("code") or ""
+    keys = [master] + ([env.get("DEVHOST_FUNCTION_KEY", "")] if level == "function" else [])
+    return any(key and hmac.compare_digest(given.encode(), key.encode()) for key in keys)
+
+
 async def _call(host: Host, route: Route, match: re.Match[str], request: web.Request) -> web.Response:
+    if not key_accepted(route.spec, request):
+        return web.Response(status=401)
     route_params: dict[str, str] = {}
     for index, param in enumerate(route.params):
         value = match.group(f"p{index}")

@@ -19,8 +19,8 @@ from shared.api import triage
 from shared.api.intake import accept, validate_submission
 from shared.api.models import BreakerClose, ReplayOrder, ResetStatus, dump
 from shared.api.openapi import document
-from shared.api.principal import Access, AccessDenied, resolve_access
-from shared.platform.errors import IntakeError, ResetError, SettingsError, UserNotFoundError
+from shared.api.principal import Access, resolve_access
+from shared.platform.errors import AccessDeniedError, IntakeError, ResetError, SettingsError, UserNotFoundError
 from shared.platform.logs import app_logger
 from shared.platform.settings import Capability, get_settings
 from shared.reset.breaker import resume_held
@@ -109,7 +109,7 @@ def guarded(
                 if needs is not None and settings.require_entra_id and not access.can(needs):
                     return problem(403, "Capability missing", f"this caller lacks {needs.value}")
                 return await handler(request, access)
-            except AccessDenied as denied:
+            except AccessDeniedError as denied:
                 headers = {"WWW-Authenticate": "Bearer"} if denied.status == 401 else {}
                 return problem(denied.status, denied.title, denied.detail, headers=headers)
             except SettingsError as error:

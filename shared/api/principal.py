@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared.platform.errors import AccessDeniedError
 from shared.platform.settings import Capability, Settings
 from shared.reset.capabilities import KEY_CALLER
 
@@ -112,28 +113,18 @@ class Access:
         return self.can(Capability.READ_ALL) or (submitted_by is not None and submitted_by == self.owner)
 
 
-class AccessDenied(Exception):
-    """The call is refused before any handler runs (401 without a principal, 403 outside ALLOWED_CALLERS)."""
-
-    def __init__(self, status: int, title: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.title = title
-        self.detail = detail
-
-
 def resolve_access(headers: Mapping[str, str], settings: Settings) -> Access:
-    """The caller's access, or AccessDenied. Never echoes a setting's value."""
+    """The caller's access, or AccessDeniedError. Never echoes a setting's value."""
     if not settings.require_entra_id:
         return Access(KEY_CALLER, settings.key_capabilities)
     caller = caller_from_headers(headers)
     if caller is None or caller.owner is None:
-        raise AccessDenied(
+        raise AccessDeniedError(
             401,
             "Authentication required",
             "this API expects a Microsoft Entra ID token (App Service authentication); no caller was identified",
         )
     if settings.allowed_callers and not caller.ids & settings.allowed_callers:
-        raise AccessDenied(403, "Forbidden", "this caller is not allowed to use the API (ALLOWED_CALLERS)")
+        raise AccessDeniedError(403, "Forbidden", "this caller is not allowed to use the API (ALLOWED_CALLERS)")
     granted = frozenset(c for c in Capability if c.value in caller.roles)
     return Access(caller.owner, granted, caller)

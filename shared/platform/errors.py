@@ -147,6 +147,18 @@ class IntakeError(ResetError):
         self.errors = errors or []
 
 
+class AccessDeniedError(ResetError):
+    """An HTTP call refused before any handler runs (401 without a principal, 403 outside ALLOWED_CALLERS)."""
+
+    default_code = "AccessDenied"
+
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__(detail, status=status)
+        self.status: int = status
+        self.title = title
+        self.detail = detail
+
+
 class BulkFileChangedError(ResetError):
     """A bulk file's bytes differ between the validation pass and the sending pass."""
 

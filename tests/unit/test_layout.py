@@ -87,3 +87,21 @@ def test_the_direction_rule_catches_an_upward_import(tmp_path: Path) -> None:
     modules = _imports(bad)
     assert "shared.api.models" in modules and not _allowed("reset", _package_of("shared.api.models") or "")
     assert not _allowed("api", "bulk") and _allowed("bulk", "reset") and not _allowed("platform", "reset")
+
+
+def test_every_app_error_type_lives_in_the_errors_module() -> None:
+    """Error types are declared once, in shared/platform/errors.py, each with its stable code."""
+    # The in-memory table's filter parser raises what the SDK's own parser would: a ValueError.
+    allowed = {("shared/platform/storage_stub.py", "FilterError")}
+    found = set()
+    for path in sorted([*SHARED.rglob("*.py"), *(REPO / "tools" / "cli").rglob("*.py")]):
+        relative = str(path.relative_to(REPO))
+        if relative == "shared/platform/errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            names = [node.name] + [base.id for base in node.bases if isinstance(base, ast.Name)]
+            if any(name.endswith(("Error", "Exception")) for name in names):
+                found.add((relative, node.name))
+    assert found == allowed

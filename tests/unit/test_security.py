@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from shared.api.openapi import document
-from shared.api.principal import AccessDenied, caller_from_headers, resolve_access
-from shared.platform.errors import SettingsError
+from shared.api.principal import caller_from_headers, resolve_access
+from shared.platform.errors import AccessDeniedError, SettingsError
 from shared.platform.logs import mask_url_secrets, redact
 from shared.platform.settings import Capability, parse_settings
 from shared.reset import capabilities, policy
@@ -143,7 +143,7 @@ def test_allowed_callers_match_object_ids_never_names() -> None:
     strict = settings(ALLOWED_CALLERS=OID)
     assert resolve_access(principal("Reset.Submit", oid=OID), strict).owner == f"entra:{OID}"
     assert resolve_access(principal(oid="99999999-0000-4000-8000-000000000000", appid=OID), strict).caller
-    with pytest.raises(AccessDenied) as caught:
+    with pytest.raises(AccessDeniedError) as caught:
         resolve_access(principal(oid="99999999-0000-4000-8000-000000000000", preferred_username=OID), strict)
     assert caught.value.status == 403
 
@@ -153,7 +153,7 @@ def test_allowed_callers_match_object_ids_never_names() -> None:
     [{}, {"X-MS-CLIENT-PRINCIPAL": "not base64!"}, {"X-MS-CLIENT-PRINCIPAL-NAME": "someone@fabrikam.com"}],
 )
 def test_without_a_principal_entra_mode_answers_401(headers: dict[str, str]) -> None:
-    with pytest.raises(AccessDenied) as caught:
+    with pytest.raises(AccessDeniedError) as caught:
         resolve_access(headers, settings(REQUIRE_ENTRA_ID="true"))
     assert caught.value.status == 401
 

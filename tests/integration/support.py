@@ -66,3 +66,15 @@ class App:
             seen.append(json.loads(message.content))
             queue.delete_message(message)
         return seen
+
+    async def run_callbacks(self) -> int:
+        """Run the callback trigger's handler on every queued callback job, as the host would."""
+        from shared.reset.callbacks import handle_callback_message
+
+        queue = self._queue(self.settings.callback_queue)
+        handled = 0
+        for message in queue.receive_messages(max_messages=32, visibility_timeout=60):
+            await handle_callback_message(message.content.encode(), message_id=message.id)
+            queue.delete_message(message)
+            handled += 1
+        return handled

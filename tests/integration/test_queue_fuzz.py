@@ -28,6 +28,7 @@ from shared.platform.errors import InvalidRequestError, ResetError
 from shared.platform.settings import get_settings, reset_settings
 from shared.reset.contract import MAX_MESSAGE_BYTES, parse_request, request_id_hint
 from shared.reset.runtime import close_runtime, get_runtime, reset_runtime
+from shared.reset.status import derive_request_id, utcnow
 from shared.reset.worker import handle_poison_message, handle_request_message
 from tests.factories import isolated_env
 from tools.azurite import AzuriteEndpoints
@@ -186,12 +187,15 @@ def bodies(draw: st.DrawFn) -> bytes:
     return _dumps(draw(json_values)).encode("utf-8", errors="surrogatepass")
 
 
-def expected_request_id(body: bytes, message_id: str) -> str:
-    """The id the worker files this body's outcome under."""
+async def expected_request_id(body: bytes, message_id: str) -> str:
+    """The id the worker files this body's outcome under (a request without one gets a derived id)."""
     try:
-        return parse_request(body).request_id or message_id
+        request = parse_request(body)
     except InvalidRequestError:
         return request_id_hint(body) or message_id
+    if request.request_id:
+        return request.request_id
+    return await derive_request_id((await get_runtime()).status, request, scope="queue", at=utcnow())
 
 
 @pytest.fixture
@@ -236,7 +240,7 @@ def test_generated_queue_bodies_each_end_with_an_outcome(fuzz_env: None, azurite
             await handle_poison_message(message.content.encode(), message_id=message.id)
             poison.delete_message(message)
         try:
-            request_id = expected_request_id(body, message_id)
+            request_id = await expected_request_id(body, message_id)
         except RecursionError:
             request_id = message_id
         record = await (await get_runtime()).status.get(request_id)

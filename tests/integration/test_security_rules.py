@@ -265,6 +265,7 @@ async def test_the_redeem_url_is_shown_once_to_an_allowed_caller_and_nowhere_els
     caplog.set_level(logging.DEBUG)
     assert (await submit(body, headers=owner)).status_code == 202
     await deliver_queued(app)
+    await app.run_callbacks()
     record = await app.status("link")
     assert record is not None and record.redeem_url
     link = record.redeem_url
@@ -378,9 +379,13 @@ async def test_callbacks_do_not_follow_redirects_or_reach_private_addresses(
     base, received = hook
     await configure(monkeypatch, CALLBACK_ALLOWED_HOSTS="127.0.0.1")
     await app.deliver({"userId": ADELE, "requestId": "private", "callbackUrl": f"{base}/hook"})
+    assert await app.run_callbacks() == 1
     assert received == []  # 127.0.0.1 is on the allowlist, but it is not a public address
+    refused = await app.status("private")
+    assert refused is not None and refused.callback_status == "Failed"
     monkeypatch.setattr("shared.reset.callbacks.PRIVATE_ADDRESSES_ALLOWED", True)
     await app.deliver({"userId": LEE, "requestId": "moved", "callbackUrl": f"{base}/moved"})
+    await app.run_callbacks()
     assert [path for path, _ in received] == ["/moved"]
     outcome = await app.status("moved")
     assert outcome is not None and outcome.status is Status.SUCCEEDED

@@ -81,6 +81,8 @@ def _settings(azurite: AzuriteEndpoints) -> Settings:
             "RESET_REQUEST_QUEUE": f"bulk-{suffix}",
             "RESET_RESULT_QUEUE": f"bulk-{suffix}-res",
             "RESET_STATUS_TABLE": f"Bulk{suffix}",
+            # The file switches addresses: production grants that by vetting the target domain.
+            "ALLOWED_EMAIL_DOMAINS": "new.example",
         }
     )
 

@@ -220,7 +220,7 @@ def _progress(line: str) -> None:
 
 def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
     count = 120 if quick else 600
-    small, large = (100, 500) if quick else (500, 5000)
+    small, large = (60, 300) if quick else (500, 5000)
     control = emulator.control
     result = BenchResult(
         "fleet",

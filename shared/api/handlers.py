@@ -258,7 +258,7 @@ async def replay_poison(request: ApiRequest, access: Access) -> ApiResponse:
 @guarded("GET", needs=Capability.OPERATE)
 async def breaker_status(request: ApiRequest, access: Access) -> ApiResponse:
     """GET /api/breaker (admin): the invitation circuit breaker's state."""
-    state = await (await get_runtime()).gate.store.read_breaker()
+    state = await (await get_runtime()).gate.state()
     return ApiResponse(200, state.to_dict())
 
 

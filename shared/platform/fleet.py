@@ -1,10 +1,10 @@
 """State every instance of the app shares: small table entities changed with optimistic concurrency.
 
-One Azure Table (``RESET_STATE_TABLE``) holds a handful of entities, one per app-wide concern
-(the Graph write budget today; the invitation circuit breaker and invitation pacing have their
-place here too). ``FleetState.update`` reads an entity, lets the caller compute its new values,
-and writes them back only if nobody changed the entity meanwhile (ETag), retrying on a conflict.
-Every storage operation is counted, so the cost of coordination shows up in the metrics.
+One Azure Table (``RESET_STATE_TABLE``) holds one entity per app-wide concern: the Graph write
+budget with its shared pause, the invitation pace, the invitation circuit breaker.
+``FleetState.update`` reads an entity, lets the caller compute its new values, and writes them
+back only if nobody changed the entity meanwhile (ETag), retrying on a conflict. Every storage
+operation is counted, so the cost of coordination shows up in the metrics.
 """
 
 from __future__ import annotations
@@ -103,7 +103,9 @@ class FleetState:
         """Apply ``change`` to the entity's current properties atomically; returns its answer.
 
         ``change`` may run more than once (once per conflict), so it must be a pure function of
-        the properties it is given.
+        the properties it is given. The entity as this instance last wrote it stands in for a read
+        only when the change writes: the ETag then proves it current. An answer that writes
+        nothing always comes from a fresh read.
         """
         from azure.core import MatchConditions
         from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError
@@ -117,14 +119,20 @@ class FleetState:
                 # Jitter so that instances which collided do not collide again on the next round.
                 await asyncio.sleep(random.uniform(0, 0.005 * min(attempt, 8)))
             known = self._known.pop(key, None) if attempt == 0 and trust_known else None
-            etag: str | None
+            etag: str | None = None
+            values: dict[str, Any] | None = None
             if known is not None:
                 current, etag = dict(known[0]), known[1]
-            else:
+                values, answer = change(dict(current))
+                if values is None:
+                    # Nothing to write, so no ETag can confirm the remembered entity: another
+                    # instance may have changed it (an answer like "already open" must be true).
+                    known = None
+            if known is None:
                 current, etag = await self._get(key)
                 if etag is not None:
                     self._known[key] = (dict(current), etag)
-            values, answer = change(dict(current))
+                values, answer = change(dict(current))
             if values is None:
                 return answer
             entity = {"PartitionKey": PARTITION, "RowKey": key, **values}

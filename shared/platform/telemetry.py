@@ -72,7 +72,8 @@ INSTRUMENTS: Mapping[str, Instrument] = {
     "guest_reset.fleet.storage_ops": _instrument(
         "counter",
         "{operation}",
-        "Storage operations spent on app-wide state (the write budget), by entity, read/write and ok/conflict",
+        "Storage operations spent on app-wide state (write budget, invitation pace, breaker), by entity, "
+        "read/write and ok/conflict",
         "entity",
         "operation",
         "result",
@@ -88,9 +89,6 @@ INSTRUMENTS: Mapping[str, Instrument] = {
         "gauge", "1", "1 while the invitation circuit breaker is open, else 0 (see docs/operations.md)"
     ),
 }
-# Declared for the workbook, recorded by work that has not landed yet: the invitation circuit
-# breaker sets this gauge when it opens and closes (its state lives in FleetState too).
-PENDING_INSTRUMENTS = frozenset({"guest_reset.breaker.open"})
 
 _enabled: bool | None = None
 _tracer: Tracer | None = None

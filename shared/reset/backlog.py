@@ -1,6 +1,7 @@
-"""What the backlog timer reads every five minutes: poisoned messages waiting and requests that stopped moving.
+"""What the backlog timer reads every five minutes: poisoned messages waiting, requests that stopped moving.
 
-Both become gauges (the workbook charts them, two alerts watch them) and one log line. A request
+Both become gauges (the workbook charts them, two alerts watch them) and one log line; the timer
+also reads the invitation breaker, so its gauge has a value while nothing is delivered. A request
 is stuck when it is Accepted or Processing and its record has not changed for ``STUCK_AFTER``:
 its message was lost, or every delivery dies before it can record anything.
 """
@@ -39,6 +40,7 @@ async def observe_backlog() -> Backlog:
         {"row": ROW_KEY, "accepted": str(Status.ACCEPTED), "processing": str(Status.PROCESSING), "cutoff": cutoff},
         STUCK_COUNT_LIMIT,
     )
+    await runtime.gate.state()  # sets the breaker's gauge
     telemetry.gauge("guest_reset.poison.depth", depth)
     telemetry.gauge("guest_reset.stuck", len(stuck))
     level = log.warning if depth or stuck else log.info

@@ -1,55 +1,56 @@
-"""The invitation circuit breaker and the app-wide invitation pacing, shared by every instance.
+"""The invitation circuit breaker and the app-wide invitation pace, kept in the app's shared state.
 
 Microsoft publishes no rate for ``POST /invitations``; its staff name high volume in a short
 period and repeated failed invitations as triggers of a tenant-wide block that only a support
-ticket lifts (docs/graph.md). So the first ``InvitationsBlocked`` or ``InvitationsDisabled``
-opens a breaker held in the status table: every later delivery is held (``HoldError``: the worker
-puts it back on the queue with a delay, status Held) instead of posting into the block, until an
-operator closes it.
-Invitations are also paced app-wide (``INVITATIONS_PER_MINUTE``), apart from the directory
-write budget: each invitation reserves the next free slot in a shared entity.
+ticket lifts (docs/graph.md). So invitations keep a pace of their own (``INVITATIONS_PER_MINUTE``),
+and the first ``InvitationsBlocked`` or ``InvitationsDisabled`` opens a breaker: every later
+delivery is held (``HoldError``: the worker puts it back on the queue with a delay, status Held)
+instead of posting into the block, until an operator closes it. Both live in ``FleetState``
+beside the write budget: the pace is a second ``TableLedger`` (entity ``invitations``), the
+breaker the entity ``invitation-breaker`` (docs/deploy.md, "One shared state").
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import time
+import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.platform.errors import HoldError, ResetError, TransientError
+from shared.platform import telemetry
+from shared.platform.errors import HoldError, ResetError
+from shared.platform.fleet import FleetState
 from shared.platform.logs import app_logger
 from shared.platform.settings import Settings
+from shared.reset.budget import Ledger, TableLedger
+from shared.reset.queues import MAX_HOLD_SECONDS
 from shared.reset.status import Status, StatusRecord, StatusStore, iso_time, parse_iso_time, utcnow
 
 if TYPE_CHECKING:
-    from azure.data.tables.aio import TableClient
-
     from shared.reset.runtime import Runtime
 
 log = app_logger()
 
-# Both entities live in the status table under RowKeys no status record uses ("status").
-PARTITION = "_invitations"
-BREAKER_ROW = "breaker"
-PACER_ROW = "pacer"
+BREAKER_KEY = "invitation-breaker"
+PACE_KEY = "invitations"
+# Invitations that may go at once after a quiet spell: a ticket that resets a few guests together
+# does not wait minutes for the pace, and never more than this go out together.
+INVITATION_BURST = 3
 # A delivery sleeps for its invitation slot up to this long; a later slot puts it back on the
 # queue until then instead of holding one of the host's concurrent invocations.
 MAX_PACING_SLEEP = 30.0
 # A reserved slot missed by more than this (the delivery came back late) is not used: a burst of
 # stale slots after a long hold is exactly the volume that trips the block.
 SLOT_GRACE = timedelta(seconds=60)
-# Queue messages cannot stay invisible longer than 7 days.
-MAX_DELAY = 7 * 24 * 3600 - 60.0
-# Optimistic updates of the one pacing entity: enough attempts, with growing jitter, for a whole
-# scaled-out fleet reserving at once.
-RESERVE_ATTEMPTS = 50
-# A closed breaker is believed this long per process, sparing a table read per reset in a bulk
+# A closed breaker is believed this long per process, sparing a storage read per reset in a bulk
 # run; an open one is read every time, so that closing it is seen at once.
 CLOSED_CACHE_SECONDS = 2.0
+
+# What a lease answers each waiting invitation: its slot (epoch seconds; None when none is free
+# within the pace's horizon) and when asking again can get one.
+Slot = tuple[float | None, float]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,30 @@ class BreakerState:
     closed_at: datetime | None = None
     closed_by: str | None = None
 
+    @classmethod
+    def from_entity(cls, values: dict[str, Any]) -> BreakerState:
+        return cls(
+            open=values.get("State") == "open",
+            code=values.get("Code"),
+            message=values.get("Message"),
+            opened_at=parse_iso_time(values.get("OpenedAt")),
+            opened_by=values.get("OpenedBy"),
+            closed_at=parse_iso_time(values.get("ClosedAt")),
+            closed_by=values.get("ClosedBy"),
+        )
+
+    def to_entity(self) -> dict[str, Any]:
+        values = {
+            "State": "open" if self.open else "closed",
+            "Code": self.code,
+            "Message": self.message,
+            "OpenedAt": iso_time(self.opened_at),
+            "OpenedBy": self.opened_by,
+            "ClosedAt": iso_time(self.closed_at),
+            "ClosedBy": self.closed_by,
+        }
+        return {k: v for k, v in values.items() if v}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "state": "open" if self.open else "closed",
@@ -76,111 +101,89 @@ class BreakerState:
         }
 
 
-def _storage_error(action: str, error: Exception) -> TransientError:
-    return TransientError(f"status table unavailable while {action}: {type(error).__name__}", code="StorageUnavailable")
+def _observe(state: BreakerState) -> BreakerState:
+    telemetry.gauge("guest_reset.breaker.open", 1 if state.open else 0)
+    return state
 
 
-class GateStore:
-    """Every read and write of the breaker's and the pacer's shared state, and nothing else.
+class InvitationPace:
+    """This instance's side of the invitation pace: the invitations waiting for a slot at the same
+    moment share one lease (one storage round trip), as writes do in the write budget.
 
-    Kept to this one class so the state can move (a fleet-wide budget store) without touching
-    the rules in ``InvitationGate``.
+    One lease runs at a time; the invitations that arrive while it is out go in the next one, so
+    a batch of deliveries reaching the pace together costs one round trip, not one each.
     """
 
-    def __init__(self, table: TableClient) -> None:
-        self._table = table
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._waiting: list[asyncio.Future[Slot]] = []
+        self._leaser: asyncio.Task[None] | None = None
 
-    async def _get(self, row: str) -> tuple[dict[str, Any] | None, str | None]:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
+    async def next_slot(self) -> Slot:
+        future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        if self._leaser is None or self._leaser.done():
+            # A fresh context: the lease serves every waiting invitation, not the request that started it.
+            self._leaser = asyncio.get_running_loop().create_task(self._lease(), context=contextvars.Context())
+        return await future
 
-        try:
-            entity = await self._table.get_entity(PARTITION, row)
-        except ResourceNotFoundError:
-            return None, None
-        except AzureError as error:
-            raise _storage_error(f"reading the invitation {row}", error) from error
-        return dict(entity), (getattr(entity, "metadata", {}) or {}).get("etag")
-
-    async def read_breaker(self) -> BreakerState:
-        entity, _ = await self._get(BREAKER_ROW)
-        if entity is None:
-            return BreakerState()
-        return BreakerState(
-            open=entity.get("State") == "open",
-            code=entity.get("Code"),
-            message=entity.get("Message"),
-            opened_at=parse_iso_time(entity.get("OpenedAt")),
-            opened_by=entity.get("OpenedBy"),
-            closed_at=parse_iso_time(entity.get("ClosedAt")),
-            closed_by=entity.get("ClosedBy"),
-        )
-
-    async def write_breaker(self, state: BreakerState) -> None:
-        from azure.core.exceptions import AzureError
-        from azure.data.tables import UpdateMode
-
-        values = {
-            "State": "open" if state.open else "closed",
-            "Code": state.code,
-            "Message": state.message,
-            "OpenedAt": iso_time(state.opened_at),
-            "OpenedBy": state.opened_by,
-            "ClosedAt": iso_time(state.closed_at),
-            "ClosedBy": state.closed_by,
-        }
-        entity = {"PartitionKey": PARTITION, "RowKey": BREAKER_ROW, **{k: v for k, v in values.items() if v}}
-        try:
-            await self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
-        except AzureError as error:
-            raise _storage_error("writing the invitation breaker", error) from error
-
-    async def reserve_slot(self, interval: timedelta, now: datetime) -> datetime:
-        """The next free invitation slot, taken for the caller (optimistic concurrency on one entity)."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError
-        from azure.data.tables import UpdateMode
-
-        for attempt in range(RESERVE_ATTEMPTS):
-            entity, etag = await self._get(PACER_ROW)
-            free = parse_iso_time(entity.get("NextSlot")) if entity else None
-            slot = max(now, free) if free else now
-            taken = {"PartitionKey": PARTITION, "RowKey": PACER_ROW, "NextSlot": iso_time(slot + interval)}
-            try:
-                if entity is None:
-                    await self._table.create_entity(taken)
-                else:
-                    await self._table.update_entity(
-                        taken, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
-                    )
-            except (ResourceExistsError, ResourceModifiedError):
-                # Another instance took a slot first; read again. The jitter de-syncs a crowd.
-                await asyncio.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+    async def _lease(self) -> None:
+        while self._waiting:
+            block = [future for future in self._waiting if not future.done()]
+            self._waiting.clear()
+            if not block:
                 continue
-            except AzureError as error:
-                raise _storage_error("reserving an invitation slot", error) from error
-            return slot
-        raise TransientError("the invitation pacing entity kept changing; will retry", code="PacingConflict")
+            try:
+                with telemetry.quiet():
+                    grant = await self._ledger.reserve(len(block))
+            except Exception as error:
+                for future in block:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for index, future in enumerate(block):
+                if not future.done():  # cancelled meanwhile: its slot goes unused
+                    slot = grant.slots[index] if index < len(grant.slots) else None
+                    future.set_result((slot, grant.retry_at))
 
     async def aclose(self) -> None:
-        await self._table.close()
+        if self._leaser is not None:
+            self._leaser.cancel()
+        for future in self._waiting:
+            future.cancel()
+        self._waiting.clear()
 
 
 class InvitationGate:
-    """The rules: may an invitation be posted now, and when is its turn."""
+    """The rules: may an invitation be posted now, and when is its turn (state in ``FleetState``)."""
 
     def __init__(
         self,
-        store: GateStore,
+        state: FleetState,
         settings: Settings,
         *,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.store = store
+        self._state = state
         self._settings = settings
         self._clock = clock
         self._sleep = sleep
         self._closed_until = 0.0
+        # Slots far ahead are granted (up to a queue message's longest delay): a delivery whose turn
+        # is far off keeps its slot and comes back for it, instead of asking again with the crowd.
+        ledger = TableLedger(
+            state,
+            settings.invitations_per_minute / 60,
+            INVITATION_BURST,
+            key=PACE_KEY,
+            horizon=MAX_HOLD_SECONDS,
+            clock=self._now,
+        )
+        self._leases = InvitationPace(ledger)
+
+    def _now(self) -> float:
+        return self._clock().timestamp()
 
     def _held(self, state: BreakerState) -> HoldError:
         since = iso_time(state.opened_at) or "now"
@@ -192,43 +195,66 @@ class InvitationGate:
             delay=self._settings.breaker_hold_seconds,
         )
 
+    async def state(self) -> BreakerState:
+        """The breaker as stored now (no cache: the CLI, GET /api/breaker, the backlog timer)."""
+        return _observe(BreakerState.from_entity(await self._state.read(BREAKER_KEY)))
+
     async def check(self) -> None:
         """Raise HoldError while the breaker is open."""
-        if time.monotonic() < self._closed_until:
+        now = self._now()
+        if now < self._closed_until <= now + CLOSED_CACHE_SECONDS:  # a clock set back ends the cache too
             return
-        state = await self.store.read_breaker()
+        state = await self.state()
         if state.open:
             raise self._held(state)
-        self._closed_until = time.monotonic() + CLOSED_CACHE_SECONDS
+        self._closed_until = self._now() + CLOSED_CACHE_SECONDS
 
     async def trip(self, error: ResetError, request_id: str) -> HoldError:
         """Open the breaker for a tenant-wide refusal (first opener kept); the HoldError to raise."""
-        state = await self.store.read_breaker()
         self._closed_until = 0.0
-        if not state.open:
-            state = BreakerState(
-                open=True, code=error.code, message=error.message, opened_at=self._clock(), opened_by=request_id
-            )
-            await self.store.write_breaker(state)
+        opened = BreakerState(
+            open=True, code=error.code, message=error.message, opened_at=self._clock(), opened_by=request_id
+        )
+
+        def open_unless_open(values: dict[str, Any]) -> tuple[dict[str, Any] | None, BreakerState]:
+            current = BreakerState.from_entity(values)
+            return (None, current) if current.open else (opened.to_entity(), opened)
+
+        state = _observe(await self._state.update(BREAKER_KEY, open_unless_open))
+        if state is opened:
             log.error("invitation breaker opened by %s: %s", error.code, error.message)
         return self._held(state)
 
     async def close(self, by: str | None) -> BreakerState:
-        """Close the breaker (operator action); already closed stays closed."""
-        state = await self.store.read_breaker()
-        closed = replace(state, open=False, closed_at=self._clock(), closed_by=by)
-        await self.store.write_breaker(closed)
-        if state.open:
+        """Close the breaker (operator action); already closed stays closed, with who closed it last."""
+        closed_at = self._clock()
+
+        def closing(values: dict[str, Any]) -> tuple[dict[str, Any], tuple[bool, BreakerState]]:
+            current = BreakerState.from_entity(values)
+            closed = replace(current, open=False, closed_at=closed_at, closed_by=by)
+            return closed.to_entity(), (current.open, closed)
+
+        was_open, closed = await self._state.update(BREAKER_KEY, closing)
+        if was_open:
             log.warning("invitation breaker closed by %s", by or "an operator")
-        return closed
+        return _observe(closed)
 
     async def pace(self, record: StatusRecord, status: StatusStore) -> StatusRecord:
         """Wait for this request's invitation slot, or put the delivery back until then (HoldError)."""
         now = self._clock()
         slot = record.invite_slot
-        if slot is None or not (now - SLOT_GRACE <= slot <= now + timedelta(seconds=MAX_DELAY)):
-            interval = timedelta(minutes=1) / self._settings.invitations_per_minute
-            slot = await self.store.reserve_slot(interval, now)
+        if slot is None or not (now - SLOT_GRACE <= slot <= now + timedelta(seconds=MAX_HOLD_SECONDS)):
+            taken, retry_at = await self._leases.next_slot()
+            now = self._clock()
+            if taken is None:  # a week of slots already taken: ask again when one frees up
+                raise HoldError(
+                    f"no invitation slot free for a week (INVITATIONS_PER_MINUTE="
+                    f"{self._settings.invitations_per_minute:g})",
+                    code="InvitationPaced",
+                    delay=retry_at - now.timestamp(),
+                    held=False,
+                )
+            slot = datetime.fromtimestamp(taken, UTC)
         wait = (slot - now).total_seconds()
         if wait > MAX_PACING_SLEEP:
             record = await status.save(record, invite_slot=slot, phase="WaitingForSlot")
@@ -242,6 +268,9 @@ class InvitationGate:
         if wait > 0:
             await self._sleep(wait)
         return record
+
+    async def aclose(self) -> None:
+        await self._leases.aclose()
 
 
 async def resume_held(runtime: Runtime, *, limit: int = 100_000) -> list[str]:

@@ -124,9 +124,10 @@ class LocalLedger:
 class TableLedger:
     """The schedule in a ``FleetState`` entity: every instance of the app draws from the same one.
 
-    Entity ``graph-writes``: ``Tat`` and ``PausedUntil`` (epoch seconds, wall clock: instances
-    share no monotonic clock, and Azure hosts keep theirs NTP-synchronised), plus ``Rate`` and
-    ``Burst`` for whoever reads it.
+    One entity per schedule (``graph-writes`` for this budget, ``invitations`` for the invitation
+    pace): ``Tat`` and ``PausedUntil`` (epoch seconds, wall clock: instances share no monotonic
+    clock, and Azure hosts keep theirs NTP-synchronised), plus ``Rate`` and ``Burst`` for whoever
+    reads it. ``horizon``: how far ahead slots are granted.
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class TableLedger:
         burst: int,
         *,
         key: str = BUDGET_KEY,
+        horizon: float = HORIZON_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.interval = 1.0 / per_second
@@ -143,6 +145,7 @@ class TableLedger:
         self.burst = burst
         self._state = state
         self._key = key
+        self._horizon = horizon
         self._clock = clock
 
     async def reserve(self, count: int) -> Grant:
@@ -155,7 +158,7 @@ class TableLedger:
                 interval=self.interval,
                 burst=self.burst,
                 paused_until=paused_until,
-                horizon=HORIZON_SECONDS,
+                horizon=self._horizon,
             )
             if not grant.slots:
                 return None, grant  # nothing granted: nothing to write

@@ -16,7 +16,7 @@ from shared.platform import telemetry
 from shared.platform.fleet import FleetState
 from shared.platform.logs import configure_logging
 from shared.platform.settings import Settings, get_settings
-from shared.reset.breaker import GateStore, InvitationGate
+from shared.reset.breaker import InvitationGate
 from shared.reset.budget import TableLedger, WriteBudget
 from shared.reset.graph import GraphGateway
 from shared.reset.queues import Publisher
@@ -34,20 +34,20 @@ class Runtime:
     graph: GraphGateway
     status: StatusStore
     publisher: Publisher
+    # App-wide state every instance shares: the write budget's schedule and pause, the invitation
+    # pace and breaker (``gate``).
+    fleet: FleetState
     gate: InvitationGate
-    # App-wide state every instance shares (the write budget's schedule), and the budget itself.
-    fleet: FleetState | None = None
     budget: WriteBudget | None = None
 
     async def aclose(self) -> None:
         if self.budget is not None:
             await self.budget.aclose()
+        await self.gate.aclose()
         await self.graph.aclose()
         await self.status.aclose()
         await self.publisher.aclose()
-        await self.gate.store.aclose()
-        if self.fleet is not None:
-            await self.fleet.aclose()
+        await self.fleet.aclose()
 
 
 def write_budget(settings: Settings, fleet: FleetState) -> WriteBudget:
@@ -73,8 +73,8 @@ async def build_runtime(settings: Settings) -> Runtime:
             requests=queue_client(settings.storage, settings.request_queue),
             callbacks=queue_client(settings.storage, settings.callback_queue),
         ),
-        gate=InvitationGate(GateStore(table_client(settings.storage, settings.status_table)), settings),
         fleet=fleet,
+        gate=InvitationGate(fleet, settings),
         budget=budget,
     )
     await runtime.status.ensure()
@@ -95,12 +95,15 @@ def stub_runtime(
 ) -> Runtime:
     """A whole runtime in memory: the Graph stub and storage doubles, or the ones given (tests, tools).
 
-    Pass the doubles in to keep a handle on them (script failures, read what was sent).
+    Pass the doubles in to keep a handle on them (script failures, read what was sent). The
+    app-wide state (the invitation pace and breaker) is a table of its own; Graph writes are not
+    budgeted.
     """
     from shared.platform.storage_stub import MemoryQueue, MemoryTable
     from shared.reset.graph_stub import StubGraphGateway
 
     table = table or MemoryTable(settings.status_table)
+    fleet = FleetState(MemoryTable(settings.state_table))
     return Runtime(
         settings=settings,
         graph=graph or StubGraphGateway(role_check=settings.role_check),
@@ -111,8 +114,8 @@ def stub_runtime(
             requests=requests or MemoryQueue(settings.request_queue),
             callbacks=callbacks or MemoryQueue(settings.callback_queue),
         ),
-        # The breaker's and the pacer's entities live in the same (in-memory) status table.
-        gate=InvitationGate(GateStore(table), settings),
+        fleet=fleet,
+        gate=InvitationGate(fleet, settings),
     )
 
 

@@ -13,6 +13,7 @@ from shared.platform.fleet import FleetState
 from shared.platform.settings import StorageConnection
 from shared.platform.storage import table_client
 from shared.reset.budget import TableLedger, WriteBudget
+from tests.factories import most_in_any_window
 from tools.azurite import AzuriteEndpoints
 
 Instance = Callable[[float, int], tuple[WriteBudget, FleetState]]
@@ -37,11 +38,6 @@ async def instance(azurite: AzuriteEndpoints) -> AsyncIterator[Instance]:
     for budget, state in made:
         await budget.aclose()
         await state.aclose()
-
-
-def most_in_any_window(times: list[float], width: float) -> int:
-    ordered = sorted(times)
-    return max(sum(1 for t in ordered[i:] if t < start + width) for i, start in enumerate(ordered))
 
 
 async def test_concurrent_updates_from_several_clients_lose_nothing(instance: Instance) -> None:

@@ -253,20 +253,41 @@ async def test_breaker_admin_endpoint_reports_and_closes(app: App) -> None:
 
 
 async def test_invitation_slots_are_distinct_across_concurrent_instances(app: App) -> None:
-    """Concurrent reservations against the shared entity (real ETags) never share a slot."""
+    """Instances pacing at once against the shared entity (real ETags) never share a slot: after the
+    burst, each delivery keeps its own slot, one interval after the one before."""
+    import itertools
+    from dataclasses import replace
     from datetime import timedelta
+    from typing import Any
 
+    from shared.platform.errors import HoldError
+    from shared.platform.fleet import FleetState
     from shared.platform.storage import table_client
-    from shared.reset.breaker import GateStore
-    from shared.reset.status import utcnow
-
-    stores = [GateStore(table_client(app.settings.storage, app.settings.status_table)) for _ in range(4)]
+    from shared.reset.breaker import INVITATION_BURST, InvitationGate
     from shared.reset.runtime import get_runtime
+    from shared.reset.status import StatusRecord, StatusStore
 
-    await get_runtime()  # creates the table
-    now = utcnow()
-    slots = await asyncio.gather(*(stores[i % 4].reserve_slot(timedelta(seconds=10), now) for i in range(12)))
-    for store in stores:
-        await store.aclose()
-    ordered = sorted(slots)
-    assert ordered == [now + timedelta(seconds=10 * i) for i in range(12)]
+    class Kept(StatusStore):
+        def __init__(self) -> None:
+            self.slots: list[Any] = []
+
+        async def save(self, record: StatusRecord, **changes: Any) -> StatusRecord:
+            self.slots.append(changes["invite_slot"])
+            return replace(record, **changes)
+
+    await get_runtime()  # creates the state table
+    settings = replace(app.settings, invitations_per_minute=0.6)  # one every 100 s: the rest are held
+    states = [FleetState(table_client(app.settings.storage, app.settings.state_table)) for _ in range(4)]
+    gates = [InvitationGate(state, settings) for state in states]
+    kept = Kept()
+    outcomes = await asyncio.gather(
+        *(gates[i % 4].pace(StatusRecord(request_id=f"r{i}", status=Status.PROCESSING), kept) for i in range(12)),
+        return_exceptions=True,
+    )
+    for gate, state in zip(gates, states, strict=True):
+        await gate.aclose()
+        await state.aclose()
+    assert sum(isinstance(o, HoldError) for o in outcomes) == 12 - INVITATION_BURST
+    ordered = sorted(kept.slots)
+    gaps = [b - a for a, b in itertools.pairwise(ordered)]
+    assert all(abs(gap - timedelta(seconds=100)) < timedelta(milliseconds=1) for gap in gaps), gaps

@@ -207,7 +207,7 @@ async def test_log_records_carry_the_request_context_and_no_address(otel: Otel) 
 
 
 async def test_the_backlog_timer_sets_its_gauges(otel: Otel, app: App) -> None:
-    """Poison depth and stuck requests are read by the timer and land in their gauges."""
+    """Poison depth, stuck requests and the invitation breaker are read by the timer and land in their gauges."""
     from shared.reset.backlog import observe_backlog
     from shared.reset.runtime import get_runtime
 
@@ -218,3 +218,4 @@ async def test_the_backlog_timer_sets_its_gauges(otel: Otel, app: App) -> None:
     assert backlog.poison_depth == 1
     assert points(otel, "guest_reset.poison.depth")[-1][1] == 1
     assert points(otel, "guest_reset.stuck")[-1][1] == backlog.stuck == 0
+    assert points(otel, "guest_reset.breaker.open")[-1][1] == 0

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import random
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,41 +12,7 @@ from shared.platform.errors import TransientError
 from shared.platform.fleet import FleetState
 from shared.platform.storage_stub import MemoryTable
 from shared.reset.budget import Grant, LocalLedger, TableLedger, WriteBudget, schedule
-
-
-class FakeClock:
-    """Virtual time: sleepers wake in the order of their deadlines, and time jumps to the next one
-    whenever every task is waiting (checked by letting the loop run a few rounds)."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.now + max(seconds, 0.0), next(self._order), future))
-        await future
-
-    async def run(self) -> None:
-        while True:
-            for _ in range(50):
-                await asyncio.sleep(0)
-            if self._sleepers:
-                deadline, _, future = heapq.heappop(self._sleepers)
-                self.now = max(self.now, deadline)
-                future.set_result(None)
-
-
-@pytest.fixture
-async def clock() -> AsyncIterator[FakeClock]:
-    fake = FakeClock()
-    driver = asyncio.create_task(fake.run())
-    yield fake
-    driver.cancel()
+from tests.factories import FakeClock, most_in_any_window
 
 
 class CountingLedger(LocalLedger):
@@ -61,11 +25,6 @@ class CountingLedger(LocalLedger):
     async def reserve(self, count: int) -> Grant:
         self.blocks.append(count)
         return await super().reserve(count)
-
-
-def most_in_any_window(times: list[float], width: float) -> int:
-    ordered = sorted(times)
-    return max(sum(1 for t in ordered[i:] if t < start + width) for i, start in enumerate(ordered))
 
 
 def test_a_burst_goes_at_once_then_writes_are_spaced_by_the_rate() -> None:

@@ -112,7 +112,7 @@ async def test_a_blocked_tenant_holds_the_request_instead_of_failing_it(app: Stu
     assert await app.store.read_lease(RID) is None and record.invite_started_at is None
     [again] = app.requests_queue.decoded()
     assert again["requestId"] == RID
-    assert (await app.runtime.gate.store.read_breaker()).opened_by == RID
+    assert (await app.runtime.gate.state()).opened_by == RID
 
 
 async def test_a_transient_failure_is_handed_back_until_the_last_delivery_then_poisoned(app: StubApp) -> None:

@@ -528,7 +528,7 @@ async def cmd_breaker(args: argparse.Namespace, out: Output) -> int:
                 resumed = await resume_held(runtime)
                 body = {"breaker": state.to_dict(), "resumed": resumed, "resumedCount": len(resumed)}
             else:
-                body = (await runtime.gate.store.read_breaker()).to_dict()
+                body = (await runtime.gate.state()).to_dict()
     finally:
         if api is not None:
             await api.aclose()

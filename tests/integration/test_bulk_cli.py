@@ -316,8 +316,8 @@ async def test_reset_runs_the_worker_pipeline_in_process(app: App) -> None:
     assert code == 1 and body["error"]["code"] == "InvalidRequest"
 
 
-# 600 rows in `make test`; BULK_ROUND_TRIP_ROWS=2000 for the full-size run (about 2.5 minutes).
-ROUND_TRIP_ROWS = int(os.environ.get("BULK_ROUND_TRIP_ROWS", "600"))
+# 300 rows in `make test`; BULK_ROUND_TRIP_ROWS=2000 for the full-size run (about 2.5 minutes).
+ROUND_TRIP_ROWS = int(os.environ.get("BULK_ROUND_TRIP_ROWS", "300"))
 
 
 async def test_many_rows_round_trip_to_a_full_report(app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -106,7 +106,7 @@ async def _measure(emulator: EmulatorHandle, count: int) -> tuple[RunStats, RunS
 
 
 def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
-    count = 60 if quick else 200
+    count = 30 if quick else 200
     ours, loop, cmdlet, uncapped = asyncio.run(_measure(emulator, count))
     speedup = loop.wall / ours.wall
     ceiling = loop.wall / (count / RATE)

@@ -50,7 +50,6 @@ from shared.reset.runtime import Runtime, get_runtime
 from shared.reset.service import ResetService
 from shared.reset.status import (
     HEARTBEAT_SECONDS,
-    ClaimedStore,
     Lease,
     Status,
     StatusRecord,
@@ -223,8 +222,9 @@ async def _work(
                 granted, channel = capabilities.grant_for(record, body, runtime.settings)
                 capabilities.require(request, granted, runtime.settings, channel=channel)
                 policy.check_request(request, runtime.settings)
-                store = ClaimedStore(runtime.status, lease)
-                return await ResetService(runtime.settings, runtime.graph, store, runtime.gate).run(request, record)
+                return await ResetService(runtime.settings, runtime.graph, runtime.status, runtime.gate).run(
+                    request, record
+                )
             except HoldError as held:
                 await _hold(runtime, body, request, record, held, dequeue_count)
             except ResetError as error:

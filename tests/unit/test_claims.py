@@ -139,10 +139,11 @@ async def test_a_request_accepted_by_the_api_is_claimed_by_its_first_delivery(st
 
 
 async def test_of_two_concurrent_first_claims_exactly_one_wins(table: MemoryTable, store: StatusStore) -> None:
-    """Two deliveries racing for a new request: one transaction creates claim and record, the other sees busy."""
+    """Two deliveries racing for a new request: one creates the claim (then the record), the other sees busy."""
     claims = await asyncio.gather(*(store.claim(status_record(), owner=o) for o in ("a", "b")))
     assert sorted(c.kind for c in claims) == ["busy", "claimed"]
-    assert table.calls.count("submit_transaction") == 2, "both found nothing and raced to take it"
+    # Both found nothing and raced to create the claim; only the winner went on to create the record.
+    assert table.calls.count("create_entity") == 3
     winner = next(c for c in claims if c.kind == "claimed")
     stored = await store.get("req-1")
     held = await store.read_lease("req-1")
@@ -156,12 +157,57 @@ async def test_of_two_concurrent_takeovers_of_a_lapsed_claim_exactly_one_wins(
     """Both read the lapsed claim; its ETag lets one take it and sends the other back to look again."""
     await store.claim(status_record(), owner="a")
     await lapse(table)
-    before = table.calls.count("submit_transaction")
+    before = table.calls.count("update_entity")
     claims = await asyncio.gather(*(store.claim(status_record(), owner=o) for o in ("b", "c")))
     assert sorted(c.kind for c in claims) == ["busy", "claimed"]
-    assert table.calls.count("submit_transaction") - before == 2, "both tried to take it"
+    # Both tried to replace the lapsed claim under its ETag; only the winner went on to bump the record.
+    assert table.calls.count("update_entity") - before == 3
     stored = await store.get("req-1")
     assert stored is not None and stored.attempts == 2
+
+
+async def test_a_delivery_that_died_between_claim_and_bump_blocks_others_only_until_its_claim_lapses(
+    table: MemoryTable, store: StatusStore
+) -> None:
+    """The claim was taken but the record never bumped: busy while it lives, taken over once lapsed."""
+    await store.create(status_record(status=Status.ACCEPTED))
+    table.fail("update_entity")  # the bump of the Accepted record never lands: the delivery died here
+    with pytest.raises(TransientError):
+        await store.claim(status_record(), owner="a")
+    assert await store.read_lease("req-1") is None, "a failed bump gives the claim back"
+    # Now as if the delivery had died between the two writes: its claim is there, the bump is not.
+    await store._table.create_entity(
+        {"PartitionKey": "req-1", "RowKey": LEASE_ROW_KEY, "Owner": "a", "Until": iso_time(utcnow() + CLAIM)}
+    )
+    busy = await store.claim(status_record(), owner="b")
+    assert busy.kind == "busy"
+    await lapse(table)
+    taken = await store.claim(status_record(), owner="b")
+    assert (taken.kind, taken.record.attempts, taken.record.status) == ("claimed", 1, Status.PROCESSING)
+
+
+async def test_a_bump_that_loses_a_race_gives_the_claim_back_and_reads_again(
+    table: MemoryTable, store: StatusStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record changed between the read and the bump: the claim is released and the next try wins."""
+    accepted = await store.create(status_record(status=Status.ACCEPTED))
+    assert accepted is not None
+    await store.save(accepted, source="changed meanwhile")  # the copy read below is now stale
+    real = store._claim_state
+    reads = 0
+
+    async def stale_first(request_id: str) -> tuple[object, object]:
+        nonlocal reads
+        reads += 1
+        record, lease = await real(request_id)
+        return (accepted if reads == 1 else record), lease
+
+    monkeypatch.setattr(store, "_claim_state", stale_first)
+    claim = await store.claim(status_record(), owner="a")
+    assert (claim.kind, claim.record.attempts, claim.record.source) == ("claimed", 1, "changed meanwhile")
+    assert reads == 2 and table.calls.count("delete_entity") == 1, "the first claim was given back"
+    held = await store.read_lease("req-1")
+    assert held is not None and claim.lease is not None and held.etag == claim.lease.etag
 
 
 async def test_a_stale_copy_of_a_record_cannot_overwrite_a_newer_one(store: StatusStore) -> None:

@@ -24,7 +24,7 @@ from shared.platform.errors import HoldError, ResetError
 from shared.platform.fleet import FleetState
 from shared.platform.logs import app_logger
 from shared.platform.settings import Settings
-from shared.reset.budget import Ledger, TableLedger
+from shared.reset.budget import Ledger, TableLedger, reserve_for
 from shared.reset.queues import MAX_HOLD_SECONDS
 from shared.reset.status import Status, StatusRecord, StatusStore, iso_time, parse_iso_time, utcnow
 
@@ -133,13 +133,8 @@ class InvitationPace:
             self._waiting.clear()
             if not block:
                 continue
-            try:
-                with telemetry.quiet():
-                    grant = await self._ledger.reserve(len(block))
-            except Exception as error:
-                for future in block:
-                    if not future.done():
-                        future.set_exception(error)
+            grant = await reserve_for(self._ledger, list(block))
+            if grant is None:
                 continue
             for index, future in enumerate(block):
                 if not future.done():  # cancelled meanwhile: its slot goes unused

@@ -95,6 +95,19 @@ class Ledger(Protocol):
     async def pause(self, until: float) -> None: ...
 
 
+async def reserve_for(ledger: Ledger, block: list[asyncio.Future[Any]]) -> Grant | None:
+    """One slot per waiting future, asked of ``ledger`` in one operation; if asking fails, every
+    waiter still waiting gets the error and None comes back."""
+    try:
+        with telemetry.quiet():
+            return await ledger.reserve(len(block))
+    except Exception as error:
+        for future in block:
+            if not future.done():
+                future.set_exception(error)
+        return None
+
+
 class LocalLedger:
     """The schedule in memory: one process paces itself (tools, tests, the single-process benchmarks)."""
 
@@ -276,13 +289,8 @@ class WriteBudget:
             if not block:
                 continue
             asked = self._clock()
-            try:
-                with telemetry.quiet():
-                    grant = await self._ledger.reserve(len(block))
-            except Exception as error:
-                for future in block:
-                    if not future.done():
-                        future.set_exception(error)
+            grant = await reserve_for(self._ledger, list(block))
+            if grant is None:
                 continue
             round_trip = self._clock() - asked
             self._lead = min(MAX_LEAD_SECONDS, max(LEAD_SECONDS, 0.8 * self._lead + 0.2 * 2 * round_trip))

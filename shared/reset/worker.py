@@ -162,23 +162,22 @@ async def _deliver(body: bytes, *, message_id: str, dequeue_count: int, inserted
     runtime = await get_runtime()
     try:
         request = parse_request(body)
-        if request.callback_url and not callback_allowed(request.callback_url, runtime.settings):
-            raise InvalidRequestError(
-                "invalid reset request: callbackUrl: host is not on the callback allowlist (CALLBACK_ALLOWED_HOSTS)",
-                problems=[{"field": "callbackUrl", "message": "host is not on the callback allowlist"}],
-            )
     except InvalidRequestError as error:
-        request_id = request_id_hint(body) or message_id
-        bind(requestId=request_id, code=error.code)
-        telemetry.annotate(requestId=request_id)
-        log.warning("invalid request sent to poison: %s", error.message)
-        await runtime.publisher.send_poison(_envelope(body, request_id, error, 1, ()))
-        _outcome("Poisoned", error.code)
+        await _refuse(runtime, body, request_id_hint(body) or message_id, error)
         return
 
+    # A request that parses is filed under its own id (or the one derived from its content), even
+    # when a rule below refuses it: a producer's resend then finds the same outcome.
     request_id = request.request_id or await derive_request_id(
         runtime.status, request, scope="queue", at=inserted_at or utcnow()
     )
+    if request.callback_url and not callback_allowed(request.callback_url, runtime.settings):
+        refused = InvalidRequestError(
+            "invalid reset request: callbackUrl: host is not on the callback allowlist (CALLBACK_ALLOWED_HOSTS)",
+            problems=[{"field": "callbackUrl", "message": "host is not on the callback allowlist"}],
+        )
+        await _refuse(runtime, body, request_id, refused)
+        return
     bind(requestId=request_id, ticketId=request.ticket_id)
     telemetry.annotate(requestId=request_id, ticketId=request.ticket_id)
     template = StatusRecord.for_request(
@@ -208,6 +207,15 @@ async def _deliver(body: bytes, *, message_id: str, dequeue_count: int, inserted
     if final is not None:
         await _announce(runtime, final)
         _outcome(str(final.status))
+
+
+async def _refuse(runtime: Runtime, body: bytes, request_id: str, error: InvalidRequestError) -> None:
+    """A request that can never run goes to poison at once, where its Failed record is written."""
+    bind(requestId=request_id, code=error.code)
+    telemetry.annotate(requestId=request_id)
+    log.warning("invalid request sent to poison: %s", error.message)
+    await runtime.publisher.send_poison(_envelope(body, request_id, error, 1, ()))
+    _outcome("Poisoned", error.code)
 
 
 async def _work(

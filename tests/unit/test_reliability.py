@@ -341,6 +341,21 @@ async def test_the_same_content_on_the_queue_is_the_same_request(app: StubApp) -
     assert result["requestId"].startswith("auto-")
 
 
+async def test_a_request_refused_on_the_queue_is_filed_under_its_derived_id(app: StubApp) -> None:
+    """A body without requestId that a rule refuses (a callback off the allowlist) ends Failed under
+    the id derived from its content, so a resend finds that outcome. Found by `make fuzz`: the
+    outcome was filed under the message id, which no one could look up."""
+    body = {"userId": GUEST_ID, "ticketId": "INC-7", "callbackUrl": "https://.com/x"}
+    await app.deliver(body, message_id="m1")
+    [envelope] = await app.run_poison_handler()
+    assert envelope["requestId"].startswith("auto-") and envelope["error"]["code"] == "InvalidRequest"
+    record = await app.status(envelope["requestId"])
+    assert record is not None and (record.status, record.error_code) == (Status.FAILED, "InvalidRequest")
+    await app.deliver(body, message_id="m2")  # the producer sends it again
+    [again] = app.poison()
+    assert again["requestId"] == envelope["requestId"] and app.graph.invitations == []
+
+
 async def test_a_resend_across_a_window_boundary_is_still_the_same_request(app: StubApp) -> None:
     """Two arrivals minutes apart but on either side of an hour boundary map to the first one's id."""
     edge = utcnow().replace(minute=0, second=0, microsecond=0)

@@ -59,7 +59,9 @@ def run_one(name: str, emulator: EmulatorHandle | None, args: argparse.Namespace
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
-    parser.add_argument("benchmark", nargs="?", default="all", choices=(*BENCHMARKS, "all"))
+    parser.add_argument(
+        "benchmark", nargs="*", default=["all"], choices=(*BENCHMARKS, "all"), help="one or more, or all (default)"
+    )
     parser.add_argument("--quick", action="store_true", help="smaller runs for a CI smoke test (~1 min)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is not met")
     parser.add_argument("--profile", action="store_true", help="cpu: also print a cProfile of the SDK path")
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         help="bulk: only the validation speed and memory goals (no Azurite; for work on the CSV reader)",
     )
     args = parser.parse_args(argv)
-    selected = BENCHMARKS if args.benchmark == "all" else (args.benchmark,)
+    selected = BENCHMARKS if "all" in args.benchmark else tuple(args.benchmark)
 
     results: list[BenchResult] = []
     started = time.perf_counter()

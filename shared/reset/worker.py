@@ -267,12 +267,15 @@ async def _heartbeat(store: StatusStore, lease: Lease) -> None:
 
 
 async def _release(store: StatusStore, lease: Lease) -> None:
-    """Give the claim back (owner-checked); if storage is down it simply lapses."""
+    """Give the claim back (owner-checked); if that fails for any reason it simply lapses, and the
+    delivery's outcome (already stored, or about to be raised) stands."""
     try:
         if not await store.release(lease):
             log.warning("the claim had lapsed and another delivery holds it now; left alone")
     except ResetError as error:
         log.warning("could not release the claim (it lapses by itself): %s", error.message)
+    except Exception as error:  # a closed client at shutdown, say: never worth failing the delivery
+        log.warning("could not release the claim (it lapses by itself): %s", type(error).__name__)
 
 
 async def _hold(

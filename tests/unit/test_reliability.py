@@ -87,6 +87,21 @@ async def test_a_transient_failure_whose_release_also_fails_is_held_not_dropped(
     assert record is not None and record.status is Status.SUCCEEDED and len(app.graph.invitations) == 1
 
 
+async def test_a_release_that_crashes_after_the_outcome_is_stored_does_not_fail_the_delivery(
+    app: StubApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outcome is stored and announced although the claim could not be given back (it lapses)."""
+
+    async def closed(lease: object) -> bool:
+        raise ValueError("HTTP transport has already been closed")
+
+    monkeypatch.setattr(app.store, "release", closed)
+    await app.deliver(body(), dequeue_count=1)
+    record = await app.status(RID)
+    assert record is not None and record.status is Status.SUCCEEDED
+    assert [r["status"] for r in app.results()] == ["Succeeded"] and len(app.graph.invitations) == 1
+
+
 async def test_a_delivery_cancelled_at_shutdown_leaves_no_live_claim(app: StubApp) -> None:
     """CancelledError is not an Exception: the claim is still given back and the record says why."""
     app.graph.fail("find_user", asyncio.CancelledError())

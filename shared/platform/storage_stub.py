@@ -16,7 +16,7 @@ import base64
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -57,7 +57,6 @@ TABLE_METHODS = (
     "upsert_entity",
     "delete_entity",
     "query_entities",
-    "submit_transaction",
 )
 TABLE_WRITES = (
     "create_table",
@@ -65,7 +64,6 @@ TABLE_WRITES = (
     "update_entity",
     "upsert_entity",
     "delete_entity",
-    "submit_transaction",
 )
 QUEUE_METHODS = ("create_queue", "send_message")
 
@@ -496,57 +494,6 @@ class MemoryTable(_TableClient):
             del self._rows[key]
 
         await self._call("delete_entity", delete)
-
-    async def submit_transaction(self, operations: Any, **kwargs: Any) -> list[Mapping[str, Any]]:
-        """Create, update (with an ETag condition) or delete entities of one partition, all or none.
-
-        A failing operation raises ``TableTransactionError`` with the status Azure gives it (409
-        exists, 412 condition, 404 missing) and its index, and nothing is written.
-        """
-        from azure.data.tables import TableTransactionError
-
-        prepared = []
-        for operation in operations:
-            kind, entity, options = operation if len(operation) == 3 else (*operation, {})
-            kind = str(getattr(kind, "value", kind)).lower()
-            etag = options.get("etag")
-            condition = _condition(etag, options.get("match_condition"))
-            prepared.append(
-                (kind, _add_entity_properties(entity), options.get("mode", UpdateMode.MERGE), etag, condition)
-            )
-        if len({wire["PartitionKey"] for _, wire, *_ in prepared}) > 1:
-            raise ValueError("all operations of a transaction must share one PartitionKey")
-
-        def fault(index: int, status: int, code: str) -> TableTransactionError:
-            error = TableTransactionError(message=f"{index}:{code}", error_code=code)
-            error.status_code = status
-            return error
-
-        def run() -> list[Mapping[str, Any]]:
-            self._require_table()
-            for index, (kind, wire, _mode, etag, condition) in enumerate(prepared):
-                row = self._rows.get((wire["PartitionKey"], wire["RowKey"]))
-                if kind == "create" and row is not None:
-                    raise fault(index, 409, "EntityAlreadyExists")
-                if kind in ("update", "delete") and row is None:
-                    raise fault(index, 404, "ResourceNotFound")
-                if row is not None and condition == MatchConditions.IfNotModified and row.etag != etag:
-                    raise fault(index, 412, "UpdateConditionNotSatisfied")
-            results: list[Mapping[str, Any]] = []
-            for kind, wire, mode, *_ in prepared:
-                key = (wire["PartitionKey"], wire["RowKey"])
-                if kind == "delete":
-                    del self._rows[key]
-                    results.append({})
-                    continue
-                row = self._rows.get(key)
-                merged = (
-                    {**row.wire, **wire} if row is not None and kind != "create" and mode == UpdateMode.MERGE else wire
-                )
-                results.append(self._store(key, merged))
-            return results
-
-        return await self._call("submit_transaction", run)
 
     def query_entities(
         self,

@@ -16,7 +16,6 @@ messages redacted, and a redeem URL only until it is handed over or expires.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -254,8 +253,6 @@ class Lease:
     until: datetime
     etag: str | None
     released: bool = False
-    # Renewals and the final save take turns, so the save never carries an ETag a renewal just replaced.
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
     def live(self, now: datetime | None = None) -> bool:
         return self.until > (now or utcnow())
@@ -467,15 +464,14 @@ class StatusStore:
 
         until = utcnow() + CLAIM
         try:
-            async with lease.lock:
-                if lease.released:
-                    return
-                meta = await self._table.update_entity(
-                    self._lease_entity(lease.request_id, lease.owner, until),
-                    mode=UpdateMode.REPLACE,
-                    etag=lease.etag,
-                    match_condition=MatchConditions.IfNotModified,
-                )
+            if lease.released:
+                return
+            meta = await self._table.update_entity(
+                self._lease_entity(lease.request_id, lease.owner, until),
+                mode=UpdateMode.REPLACE,
+                etag=lease.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
         except (ResourceModifiedError, ResourceNotFoundError):
             raise ClaimLostError(f"the claim on {lease.request_id} lapsed and another delivery took it over") from None
         except AzureError as error:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError
 from azure.data.tables import EdmType, EntityProperty, TableItem, UpdateMode
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
@@ -166,44 +165,6 @@ async def table_script(table: TableClient) -> list[Any]:
     pages = table.query_entities("RowKey ne 'x'", results_per_page=2).by_page()
     out.append([len([e async for e in page]) async for page in pages])
     out.append(await outcome(table.create_entity(row("big", "status", Text="x" * 40_000))))
-    out.extend(await transaction_script(table))
-    return out
-
-
-async def transaction_script(table: TableClient) -> list[Any]:
-    """The claim's transactions: all or nothing, and the status Azure gives each failure."""
-
-    async def attempt(operations: list[Any]) -> Any:
-        try:
-            result = await table.submit_transaction(operations)
-        except HttpResponseError as error:
-            return (type(error).__name__, error.status_code, getattr(error, "index", None))
-        return len(result)
-
-    current = await table.get_entity("req-2", "status")
-    stale = {"mode": UpdateMode.REPLACE, "etag": "W/\"datetime'2020-01-01T00%3A00%3A00Z'\""}
-    guarded = {"match_condition": MatchConditions.IfNotModified}
-    lease = row("req-2", "lease", Owner="a")
-    out: list[Any] = [
-        await attempt(
-            [("create", lease), ("update", row("req-2", "status", Status="Processing"), {**stale, **guarded})]
-        ),
-        await outcome(table.get_entity("req-2", "lease")),  # nothing of the failed transaction was written
-        await attempt(
-            [
-                ("create", lease),
-                (
-                    "update",
-                    row("req-2", "status", Status="Processing"),
-                    {"mode": UpdateMode.REPLACE, "etag": current.metadata["etag"], **guarded},
-                ),
-            ]
-        ),
-        await attempt([("create", lease)]),
-        await attempt([("delete", lease, {"etag": stale["etag"], **guarded})]),
-        await attempt([("update", row("req-2", "nothing", Owner="b"), {**stale, **guarded})]),
-    ]
-    out.append((await table.get_entity("req-2", "status"))["Status"])
     return out
 
 

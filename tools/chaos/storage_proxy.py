@@ -27,13 +27,12 @@ _HOP = frozenset(
 
 @dataclass
 class StorageFault:
-    """Answer ``status`` to requests whose method, path (with query) and body match, until ``until`` (monotonic)."""
+    """Answer ``status`` to requests whose method and path (with query) match, until ``until`` (monotonic)."""
 
     method: str
     path: re.Pattern[str]
     status: int
     until: float
-    body: re.Pattern[bytes] | None = None
     hits: int = 0
 
 
@@ -91,27 +90,22 @@ class StorageProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
-    def add_fault(
-        self, *, method: str, path: str, status: int = 503, seconds: float, body: str | None = None
-    ) -> StorageFault:
-        """Fail matching requests for ``seconds``; ``body`` is a regex over the request body (e.g. inside a batch)."""
-        pattern = re.compile(body.encode(), re.DOTALL) if body is not None else None
-        fault = StorageFault(method.upper(), re.compile(path), status, time.monotonic() + seconds, pattern)
+    def add_fault(self, *, method: str, path: str, status: int = 503, seconds: float) -> StorageFault:
+        """Fail matching requests for ``seconds``."""
+        fault = StorageFault(method.upper(), re.compile(path), status, time.monotonic() + seconds)
         self.faults = [*self.faults, fault]  # a new list: the proxy's thread reads the old one meanwhile
         return fault
 
-    def _fault_for(self, request: web.Request, body: bytes) -> StorageFault | None:
+    def _fault_for(self, request: web.Request) -> StorageFault | None:
         now = time.monotonic()
-        target = request.raw_path
         for fault in self.faults:
-            matches = fault.until > now and fault.method == request.method and fault.path.search(target)
-            if matches and (fault.body is None or fault.body.search(body)):
+            if fault.until > now and fault.method == request.method and fault.path.search(request.raw_path):
                 return fault
         return None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        fault = self._fault_for(request, body)
+        fault = self._fault_for(request)
         if fault is not None:
             fault.hits += 1
             error = {"odata.error": {"code": "ServerBusy", "message": {"lang": "en-US", "value": "Injected fault."}}}

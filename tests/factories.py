@@ -104,12 +104,6 @@ async def clock() -> AsyncIterator[FakeClock]:
     driver.cancel()
 
 
-def most_in_any_window(times: list[float], width: float) -> int:
-    """The largest number of ``times`` within any window ``width`` long."""
-    ordered = sorted(times)
-    return max(sum(1 for t in ordered[i:] if t < start + width) for i, start in enumerate(ordered))
-
-
 def guest(**overrides: Any) -> GuestUser:
     values: dict[str, Any] = {
         "id": GUEST_ID,

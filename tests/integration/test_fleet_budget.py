@@ -13,8 +13,8 @@ from shared.platform.fleet import FleetState
 from shared.platform.settings import StorageConnection
 from shared.platform.storage import table_client
 from shared.reset.budget import TableLedger, WriteBudget
-from tests.factories import most_in_any_window
 from tools.azurite import AzuriteEndpoints
+from tools.bench.fleet import most_in_any_window
 
 Instance = Callable[[float, int], tuple[WriteBudget, FleetState]]
 

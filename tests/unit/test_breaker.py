@@ -15,7 +15,8 @@ from shared.platform.fleet import FleetState
 from shared.platform.storage_stub import MemoryTable
 from shared.reset.breaker import CLOSED_CACHE_SECONDS, INVITATION_BURST, MAX_PACING_SLEEP, InvitationGate
 from shared.reset.status import Status, StatusRecord, StatusStore
-from tests.factories import FakeClock, most_in_any_window, settings
+from tests.factories import FakeClock, settings
+from tools.bench.fleet import most_in_any_window
 
 START = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

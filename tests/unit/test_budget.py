@@ -12,7 +12,8 @@ from shared.platform.errors import TransientError
 from shared.platform.fleet import FleetState
 from shared.platform.storage_stub import MemoryTable
 from shared.reset.budget import Grant, LocalLedger, TableLedger, WriteBudget, schedule
-from tests.factories import FakeClock, most_in_any_window
+from tests.factories import FakeClock
+from tools.bench.fleet import most_in_any_window
 
 
 class CountingLedger(LocalLedger):

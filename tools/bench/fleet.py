@@ -200,7 +200,8 @@ def _timed_batch(
 
 
 def most_in_any_window(times: list[float], width: float = 1.0) -> int:
-    """The largest number of events in any window of ``width`` seconds (two pointers over sorted times)."""
+    """The largest number of events in any window of ``width`` seconds (two pointers over the sorted times)."""
+    times = sorted(times)
     best, start = 0, 0
     for end, t in enumerate(times):
         while t - times[start] >= width:

@@ -24,7 +24,7 @@ def test_three_runners_share_one_budget_and_one_pause(azurite: AzuriteEndpoints,
     most a horizon (1 s) ahead, void half a second after their time, and on a busy 2-core host a
     storage round trip can take most of a second.
     """
-    count = 60
+    count = 120  # more than two runners take at once (batchSize 32 each), so all three work
     control = emulator.control
     control.reset()
     control.set_users(make_guests(count))

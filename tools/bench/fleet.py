@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 import uuid
@@ -69,6 +70,7 @@ class Run:
     points: list[metrics.Point] = field(default_factory=list)
     per_runner: list[int] = field(default_factory=list)
     warm_up: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds spent in the timed window, by process
 
     @property
     def writes(self) -> list[float]:
@@ -187,16 +189,40 @@ def _timed_batch(
     with runners(processes, env) as hosts:
         warmed = warm_up(hosts, results, tag)
         emulator.control.clear_journal()
+        pids = {"runners": [h.pid for h in hosts], "Azurite": [azurite.pid], "emulator": [emulator.pid]}
+        cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
         started = time.perf_counter()
         asyncio.run(enqueue(azurite.connection_string, names["RESET_REQUEST_QUEUE"], bodies(0, count, tag)))
         ended = wait_for_results(results, count, timeout=120 + 10 * count / RATE)
+        cpu = {name: cpu_seconds(p) - cpu_before[name] for name, p in pids.items()}
         journal = emulator.control.journal()
         statuses = drain_statuses(results)
     points = [p for host in hosts for p in metrics.load(host.metrics_path or Path("-"))]
     per_runner = [
         int(metrics.total(metrics.load(host.metrics_path or Path("-")), "guest_reset.resets")) for host in hosts
     ]
-    return Run(ended - started, sum(statuses.values()), statuses, journal, points, per_runner, warmed)
+    return Run(ended - started, sum(statuses.values()), statuses, journal, points, per_runner, warmed, cpu)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU seconds the processes have used so far (Linux ``/proc``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def cpu_note(what: str, run: Run, count: int) -> str:
+    """Where the machine's CPU went in a timed part: the pace is the machine's, not the budget's, when it is full."""
+    cores = os.cpu_count() or 1
+    used = sum(run.cpu.values())
+    parts = ", ".join(f"{name} {secs:.1f} s ({1000 * secs / count:.0f} ms/reset)" for name, secs in run.cpu.items())
+    return (
+        f"{what}: CPU in the {run.elapsed:.1f} s on {cores} cores ({cores * run.elapsed:.1f} core-seconds): {parts}; "
+        f"{used:.1f} core-seconds in all, besides this process's enqueueing and polling."
+    )
 
 
 def most_in_any_window(times: list[float], width: float = 1.0) -> int:
@@ -354,6 +380,8 @@ def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
         f"burst: {burst_writes} writes, {burst.throttled} x 429; "
         f"its runner's warm-up dry run took {burst.warm_up:.2f} s."
     )
+    result.notes.append(cpu_note(f"{count} resets on 3 runners", fleet, count))
+    result.notes.append(cpu_note("burst of 50", burst, 50))
     if rss is not None:
         result.notes.append(f"memory part: {rss[2]:.0f} resets/s through one runner with no latency and no quota.")
     if fleet.statuses.get("Succeeded", 0) != count:

@@ -90,7 +90,9 @@ def transport_failure(fault: BaseException) -> str:
     cause = fault.__cause__
     if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return "GraphUnreachable"
-    if isinstance(cause or fault, TimeoutError):
+    # Our own deadline (``asyncio.timeout``) raises TimeoutError *from* the CancelledError it
+    # caused, so the fault itself is asked first; aiohttp's read timeouts are TimeoutErrors too.
+    if isinstance(fault, TimeoutError) or isinstance(cause, TimeoutError):
         return "GraphTimeout"
     return "GraphConnectionLost"
 

@@ -8,6 +8,7 @@ the emulator (which drops connections on request) and a port nobody listens on.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -71,3 +72,27 @@ async def test_graph_that_cannot_be_reached_is_plainly_transient() -> None:
         await sdk.aclose()
     assert caught.value.code == "GraphUnreachable"
     assert not isinstance(caught.value, AmbiguousOutcomeError)
+
+
+async def test_an_invitation_that_times_out_is_ambiguous_and_sent_once(emulator: EmulatorHandle) -> None:
+    """Graph answers after 3 s, the gateway waits 1 s: the invitation may have been applied, so it
+    is never sent again (GraphTimeout, through the aiohttp transport's own timeout path)."""
+    emulator.control.reset()
+    emulator.control.set_latency(3000)
+    sdk = SdkGraphGateway(
+        settings(GRAPH_BASE_URL=emulator.base_url, GRAPH_TIMEOUT_SECONDS="1"),
+        budget=WriteBudget(1000),
+        policy=RetryPolicy((0.0,), 3),
+    )
+    started = time.perf_counter()
+    try:
+        with pytest.raises(AmbiguousOutcomeError) as caught:
+            await sdk.reset_redemption(BODY)
+    finally:
+        waited = time.perf_counter() - started
+        await sdk.aclose()
+        emulator.control.set_latency(0)
+    print(f"gave up after {waited:.2f} s (timeout 1 s, Graph's answer due after 3 s)")
+    assert caught.value.code == "GraphTimeout"
+    assert 1.0 <= waited < 2.5
+    assert len(emulator.control.journal(method="POST")) == 1

@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue-port", type=int, default=10001)
     parser.add_argument("--table-port", type=int, default=10002)
     args = parser.parse_args(argv)
+    # Azurite runs in its own session (start_new_session), so a SIGTERM sent to this process alone
+    # would otherwise end it without the cleanup below and leave node listening on the ports.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     proc, endpoints = start_azurite(blob_port=args.blob_port, queue_port=args.queue_port, table_port=args.table_port)
     print(endpoints.connection_string, flush=True)
     try:

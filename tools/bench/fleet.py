@@ -18,6 +18,8 @@ own) does not enter the figures. Each runner is warmed before the clock starts w
 invoked through the host's admin API (``POST /admin/functions/process_reset``): a fleet that
 paces a bulk run is made of running instances, and a fresh instance's one-off costs (loading
 msgraph-sdk on first use, its first token, new connections) are printed on their own line.
+Each part has a fresh Azurite, whose queue garbage collector would otherwise stall it for seconds
+inside a window (tools/azurite.py); where the window fell in Azurite's life is printed.
 """
 
 from __future__ import annotations

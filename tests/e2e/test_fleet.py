@@ -52,5 +52,12 @@ def test_three_runners_share_one_budget_and_one_pause(azurite: AzuriteEndpoints,
     assert fleet.most_in_any_window(writes) <= 20 + 20
     [throttled] = [e["ts"] for e in journal if e["status"] == 429]
     during_pause = [round(t - throttled, 2) for t in writes if throttled + 2.5 < t < throttled + 4.9]
+    resumed = min(t for t in writes if t > throttled + 2.5) - throttled
+    print(
+        f"\n{count} resets on 3 runners ({' / '.join(f'{n:.0f}' for n in per_runner)}): at most "
+        f"{fleet.most_in_any_window(writes)} writes in any second (quota + burst 40), {len(quota_429s)} quota 429s; "
+        f"after one runner's 429 (Retry-After 5 s), {len(during_pause)} writes from 2.5 to 4.9 s, "
+        f"the next at {resumed:.2f} s"
+    )
     assert during_pause == [], f"writes this many seconds after another runner's 429: {during_pause}"
     assert any(t >= throttled + 5 for t in writes), "work went on after the pause"

@@ -63,10 +63,14 @@ async def test_three_instances_together_stay_within_the_budget(instance: Instanc
         sent.append(time.time())
 
     await asyncio.gather(*(write(b) for b in budgets for _ in range(20)))
+    spent = sum(state.ops.total for state in states)
+    print(
+        f"\n3 instances, 60 writes: at most {most_in_any_window(sent, 1.0)} in any second (burst 4 + rate 20), "
+        f"spread over {max(sent) - min(sent):.2f} s, {spent} storage operations"
+    )
     assert len(sent) == 60
     assert most_in_any_window(sent, 1.0) <= 4 + 20
     assert max(sent) - min(sent) >= (60 - 4) / 20 - 0.05  # paced, not merely counted
-    spent = sum(state.ops.total for state in states)
     assert spent / 60 < 1.0, f"{spent} storage operations for 60 writes"
 
 
@@ -78,4 +82,5 @@ async def test_a_429_on_one_instance_pauses_the_others(instance: Instance) -> No
     until = time.time() + 1.5
     await seen_429.settled()
     await other.acquire_write()
+    print(f"\nthe other instance wrote {time.time() - until:+.3f} s after the pause's end")
     assert time.time() >= until - 0.01

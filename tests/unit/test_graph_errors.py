@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from shared.platform.errors import (
+    ROLE_CALL,
+    USER_CALL,
     AmbiguousOutcomeError,
     GraphRequestError,
     HoldError,
@@ -38,6 +40,7 @@ def body(code: str, message: str) -> dict[str, Any]:
         (409, "Directory_ConcurrencyViolation", "race", "GraphConcurrencyViolation", TransientError),
         (409, "Conflict", "another conflict", "Graph409", GraphRequestError),
         (401, "InvalidAuthenticationToken", "Access token has expired.", "GraphUnauthorized", GraphRequestError),
+        (401, "Unauthorized", "Insufficient privileges", "GraphUnauthorized", GraphRequestError),
         (
             403,
             "Forbidden",
@@ -101,7 +104,9 @@ def test_each_graph_answer_has_one_code_and_verdict(
     assert (error.status, error.graph_request_id) == (status, "rid-1")
 
 
-@pytest.mark.parametrize(("header", "seconds"), [("3", 3.0), ("0.5", 0.5), ("2.128", 2.128), (None, None)])
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("3", 3.0), ("0.5", 0.5), ("2.128", 2.128), ("soon", None), (None, None)]
+)
 def test_throttling_carries_the_wait_graph_asked_for(header: str | None, seconds: float | None) -> None:
     """Retry-After in whole or fractional seconds becomes the error's wait; without it, the schedule decides."""
     headers = {"retry-after": header} if header is not None else {}
@@ -119,6 +124,28 @@ def test_forbidden_without_a_known_hint_names_the_missing_permission() -> None:
     """A plain 403 tells the operator which permission to grant, and that role holders are out of reach."""
     error = classify_graph_response(403, body("Authorization_RequestDenied", "Insufficient privileges"), {})
     assert "User.ReadWrite.All" in error.message and "directory roles" in error.message
+
+
+def test_a_generic_403_on_a_write_names_both_permissions() -> None:
+    """A 403 on a write names both permissions the app needs, and the role rule."""
+    error = classify_graph_response(403, body("Forbidden", "Generic authorization exception."), {})
+    assert "User.ReadWrite.All" in error.message and "RoleManagement.Read.Directory" in error.message
+
+
+def test_a_denied_role_read_names_role_management_read_directory() -> None:
+    """The role check's 403 says exactly which permission is missing, and not that User.ReadWrite.All is enough."""
+    denied = body("Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+    error = classify_graph_response(403, denied, {}, call=ROLE_CALL)
+    assert (error.code, error.permanent) == ("GraphPermissionMissing", True)
+    assert "RoleManagement.Read.Directory" in error.message and "User.ReadWrite.All" not in error.message
+    assert "User.ReadWrite.All" in classify_graph_response(403, denied, {}, call=USER_CALL).message
+
+
+def test_a_role_endpoint_graph_does_not_serve_fails_closed_with_the_way_out() -> None:
+    """A 404 from the (beta) role read is not "no such user": the request fails, ROLE_CHECK=direct is named."""
+    error = classify_graph_response(404, body("Request_ResourceNotFound", "Resource not found"), {}, call=ROLE_CALL)
+    assert (error.code, error.permanent) == ("RoleCheckUnavailable", True)
+    assert "ROLE_CHECK=direct" in error.message
 
 
 def test_request_id_comes_from_the_body_when_the_header_is_missing() -> None:

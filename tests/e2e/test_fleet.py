@@ -52,7 +52,7 @@ def test_three_runners_share_one_budget_and_one_pause(azurite: AzuriteEndpoints,
     assert fleet.most_in_any_window(writes) <= 20 + 20
     [throttled] = [e["ts"] for e in journal if e["status"] == 429]
     during_pause = [round(t - throttled, 2) for t in writes if throttled + 2.5 < t < throttled + 4.9]
-    resumed = min(t for t in writes if t > throttled + 2.5) - throttled
+    resumed = min((t for t in writes if t > throttled + 2.5), default=float("nan")) - throttled
     print(
         f"\n{count} resets on 3 runners ({' / '.join(f'{n:.0f}' for n in per_runner)}): at most "
         f"{fleet.most_in_any_window(writes)} writes in any second (quota + burst 40), {len(quota_429s)} quota 429s; "

@@ -226,6 +226,19 @@ def _timed_batch(
     )
 
 
+def _paced_part(emulator: EmulatorHandle, processes: int, count: int, tag: str) -> Run:
+    """One timed part against the 100 ms, 20 writes/s emulator, on a fresh Azurite: Azurite's queue
+    garbage collector stalls it for seconds once a minute after thousands of messages were deleted
+    (tools/azurite.py), which Azure Storage does not; each window ends before the first of those."""
+    control = emulator.control
+    with running_azurite() as azurite:
+        control.reset()
+        control.set_users(make_guests(count))
+        control.set_latency(LATENCY_MS)
+        control.set_write_budget(QUOTA, burst=QUOTA_BURST)
+        return _timed_batch(azurite, emulator, processes, count, tag)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User plus system CPU seconds the processes have used so far (Linux ``/proc``)."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -310,26 +323,12 @@ def run(emulator: EmulatorHandle, *, quick: bool) -> BenchResult:
         f"3 runners on one queue, {count} resets, emulator {LATENCY_MS} ms and quota {QUOTA:g}/s "
         f"(burst {QUOTA_BURST:g}); app-wide budget {RATE:g}/s (burst {BURST})",
     )
-    # Each part gets a fresh Azurite: its queue garbage collector stalls it for seconds once a
-    # minute after thousands of messages were deleted (tools/azurite.py), which Azure Storage
-    # does not; the fleet part then ends before the first of those (its window is printed).
-    with running_azurite() as azurite:
-        control.reset()
-        control.set_users(make_guests(count))
-        control.set_latency(LATENCY_MS)
-        control.set_write_budget(QUOTA, burst=QUOTA_BURST)
-        fleet = _timed_batch(azurite, emulator, 3, count, "fleet")
+    fleet = _paced_part(emulator, 3, count, "fleet")
     _progress(f"fleet: {count} resets in {fleet.elapsed:.1f} s, {fleet.throttled} x 429")
-
-    with running_azurite() as azurite:
-        control.reset()
-        control.set_users(make_guests(50))
-        control.set_latency(LATENCY_MS)
-        control.set_write_budget(QUOTA, burst=QUOTA_BURST)
-        burst = _timed_batch(azurite, emulator, 1, 50, "burst")
+    burst = _paced_part(emulator, 1, 50, "burst")
     _progress(f"fleet: burst of 50 in {burst.elapsed:.1f} s")
 
-    with running_azurite() as azurite:
+    with running_azurite() as azurite:  # a fresh one here too (see _paced_part)
         control.reset()
         control.set_users(make_guests(large))
         try:
